@@ -1,0 +1,50 @@
+"""The `deeplab` command: one subcommand per job, each implemented by a `main(argv)` elsewhere.
+
+Subcommands are imported lazily so that `deeplab --help` is instant and does not load TensorFlow.
+"""
+import argparse
+import importlib
+import sys
+
+# name -> (module:function taking argv, one-line help)
+COMMANDS = {
+    "demo": ("keras_deeplab.demo:main", "run the bundled end-to-end demo (train, evaluate, export, predict)"),
+    "prepare": ("keras_deeplab.data.prepare:main", "convert a dataset (VOC, image+label folders, TFDS) to TFRecords"),
+    "train": ("keras_deeplab.training.train:main", "train a model from a config file (model.fit under tf.distribute)"),
+    "evaluate": ("keras_deeplab.training.evaluate:main", "evaluate mIoU (single/multi-scale, flip) and write JSON"),
+    "export": ("keras_deeplab.export:main", "export a SavedModel for TensorFlow Serving"),
+    "serve": ("keras_deeplab.serving.server:main", "serve a SavedModel over TF Serving's REST API"),
+    "predict": ("keras_deeplab.predict:main", "segment images and write label PNGs and colour overlays"),
+    "analyze-rates": ("keras_deeplab.analysis:main", "tabulate and plot valid atrous taps per rate (paper Fig. 4)"),
+    "summary": ("keras_deeplab.model:summary_main", "print parameters and GFLOPs of model variants"),
+}
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="deeplab",
+        description="keras_deeplab: DeepLabv3 semantic segmentation (Keras 3 / TensorFlow).",
+        epilog="Run 'deeplab COMMAND --help' for the options of a command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    module_name, func_name = COMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return func(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
