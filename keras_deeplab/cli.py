@@ -16,7 +16,7 @@ COMMANDS = {
     "serve": ("keras_deeplab.serving.server:main", "serve a SavedModel over TF Serving's REST API"),
     "predict": ("keras_deeplab.predict:main", "segment images and write label PNGs and colour overlays"),
     "analyze-rates": ("keras_deeplab.analysis:main", "tabulate and plot valid atrous taps per rate (paper Fig. 4)"),
-    "summary": ("keras_deeplab.model:summary_main", "print parameters and GFLOPs of model variants"),
+    "summary": ("keras_deeplab.complexity:main", "print parameters and GFLOPs of model variants"),
 }
 
 
