@@ -1,0 +1,183 @@
+"""`deeplab predict`: segment images with an exported SavedModel or a TF Serving REST endpoint, and write for each
+image its label map (palette PNG) and a colour overlay with a legend.
+
+Both backends speak the export's serving contract: encoded image bytes in, `labels` (int32 [N, H, W], padded
+with 255 to the largest image of the batch) and `image_size` (int32 [N, 2]) out.
+"""
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from keras_deeplab import viz
+
+SIGNATURE = "serving_default"
+METADATA_FILES = ("assets.extra/keras_deeplab.json", "assets/keras_deeplab.json")
+DEFAULT_COLORMAP = "camvid"
+
+
+class PredictError(Exception):
+    """A problem with the inputs, the model or the server, reported to the user without a traceback."""
+
+
+def resolve_version_dir(path, version=None):
+    """The SavedModel folder to load: `path` itself if it holds `saved_model.pb`, else its numeric version
+    folder `version` (default: the highest one), as TF Serving picks it from a model base path."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PredictError(f"model directory not found: {path}")
+    if (path / "saved_model.pb").is_file() and version is None:
+        return path
+    versions = {int(p.name): p for p in path.iterdir()
+                if p.name.isdigit() and (p / "saved_model.pb").is_file()}
+    if not versions:
+        raise PredictError(f"no SavedModel in {path}: expected saved_model.pb or numeric version folders holding one")
+    if version is None:
+        return versions[max(versions)]
+    if version not in versions:
+        raise PredictError(f"version {version} not found in {path}; available: {sorted(versions)}")
+    return versions[version]
+
+
+def read_export_metadata(version_dir):
+    """The export's `keras_deeplab.json` (colormap name, class names) if it wrote one, else {}."""
+    for name in METADATA_FILES:
+        path = Path(version_dir) / name
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise PredictError(f"corrupt export metadata {path}: {error}") from error
+    return {}
+
+
+class SavedModelSegmenter:
+    """Runs the `serving_default` signature of an exported SavedModel on encoded images."""
+
+    def __init__(self, version_dir):
+        import tensorflow as tf  # only this backend needs TensorFlow
+
+        self._tf = tf
+        try:
+            signatures = tf.saved_model.load(str(version_dir)).signatures
+        except Exception as error:  # TF raises many types for unreadable SavedModels
+            raise PredictError(f"cannot load SavedModel {version_dir}: {error}") from error
+        if SIGNATURE not in signatures:
+            raise PredictError(f"SavedModel {version_dir} has no {SIGNATURE!r} signature "
+                               f"(it has {sorted(signatures)})")
+        self._signature = signatures[SIGNATURE]
+
+    def __call__(self, encoded_images):
+        """Label maps (int arrays [H, W], one per image, padding cut off) of a list of encoded images."""
+        outputs = self._signature(image_bytes=self._tf.constant(encoded_images, self._tf.string))
+        labels, sizes = outputs["labels"].numpy(), outputs["image_size"].numpy()
+        return [label_map[:height, :width] for label_map, (height, width) in zip(labels, sizes)]
+
+
+class ServingSegmenter:
+    """Asks a TF Serving compatible REST endpoint for the label maps of encoded images."""
+
+    def __init__(self, url, model_name, version=None):
+        from keras_deeplab.serving import TFServingClient
+
+        self._client = TFServingClient(url, model_name, version=version)
+
+    def __call__(self, encoded_images):
+        try:
+            return [np.asarray(labels) for labels in self._client.predict(encoded_images)]
+        except OSError as error:  # connection refused, unknown host, timeouts
+            raise PredictError(f"cannot reach the model server: {error}") from error
+
+
+def load_image(path):
+    """The file's bytes and its decoded RGB pixels; a missing or undecodable file is named in the error."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise PredictError(f"cannot read input image {path}: {error.strerror or error}") from error
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise PredictError(f"cannot decode input image {path}: {error}") from error
+    return data, pixels
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="deeplab predict",
+        description="Segment images with an exported SavedModel (--model) or a TF Serving REST endpoint (--url), "
+                    "writing OUT/<name>_labels.png (palette PNG whose pixel values are class ids) and "
+                    "OUT/<name>_overlay.png (colours blended on the image, legend of the classes present).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR",
+                        help="SavedModel version folder, or a base folder of numeric versions (highest is used)")
+    source.add_argument("--url", help="TF Serving REST address, e.g. http://localhost:8501")
+    parser.add_argument("--model_name", default="deeplabv3", help="model name on the server (default: %(default)s)")
+    parser.add_argument("--version", type=int, help="model version (default: the highest / the server's choice)")
+    parser.add_argument("--colormap", choices=viz.COLORMAPS,
+                        help=f"palette and class names (default: the export's metadata, else {DEFAULT_COLORMAP})")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default: %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=1, help="images per request (default: %(default)s)")
+    parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
+    return parser
+
+
+def _check_inputs(paths):
+    """Fail before loading a model if an input is missing or two inputs would write the same outputs."""
+    stems = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise PredictError(f"input image not found: {path}")
+        if path.stem in stems:
+            raise PredictError(f"{stems[path.stem]} and {path} would write the same outputs ({path.stem}_*.png)")
+        stems[path.stem] = path
+
+
+def _run(args):
+    _check_inputs(args.images)
+    if args.batch_size < 1:
+        raise PredictError(f"--batch_size must be at least 1, got {args.batch_size}")
+    metadata = {}
+    if args.model:
+        version_dir = resolve_version_dir(args.model, args.version)
+        metadata = read_export_metadata(version_dir)
+        segment = SavedModelSegmenter(version_dir)
+    else:
+        segment = ServingSegmenter(args.url, args.model_name, args.version)
+    colormap_name = args.colormap or metadata.get("colormap") or DEFAULT_COLORMAP
+    if colormap_name not in viz.COLORMAPS:
+        raise PredictError(f"the export names an unknown colormap {colormap_name!r}; pass --colormap")
+    colormap = viz.get_colormap(colormap_name)
+    names = (None if args.colormap else metadata.get("class_names")) or viz.class_names(colormap_name)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(args.images), args.batch_size):
+        paths = [Path(p) for p in args.images[start:start + args.batch_size]]
+        encoded, pixels = zip(*(load_image(p) for p in paths))
+        for path, image, labels in zip(paths, pixels, segment(list(encoded))):
+            if labels.shape != image.shape[:2]:
+                raise PredictError(f"the model returned labels of size {list(labels.shape)} for {path}, "
+                                   f"which is {list(image.shape[:2])}")
+            label_path, overlay_path = out / f"{path.stem}_labels.png", out / f"{path.stem}_overlay.png"
+            viz.save_label_png(labels, label_path, colormap)
+            viz.save_overlay(image, labels, overlay_path, colormap, alpha=args.alpha, class_names=names)
+            print(f"{path}: wrote {label_path} and {overlay_path}")
+
+
+def main(argv=None):
+    """Entry point of `deeplab predict`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        _run(args)
+    except PredictError as error:
+        print(f"deeplab predict: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,125 @@
+"""`deeplab predict` on SavedModels with the export's serving contract, run through the CLI."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_deeplab import cli, viz
+
+FIXTURES = Path(__file__).parent / "fixtures" / "viz"
+IMAGES = [FIXTURES / "camvid_0016E5_07959_120x90.png", FIXTURES / "camvid_0016E5_08085_96x72.png"]
+
+
+def _red_channel_labels(path, divisor):
+    return np.array(Image.open(path).convert("RGB"))[..., 0].astype(np.int32) // divisor
+
+
+def _save_red_channel_model(path, divisor):
+    """A SavedModel with the export's `serving_default` contract whose label map is `R // divisor`."""
+    import tensorflow as tf
+
+    def decode(encoded):
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False)
+
+    class RedChannelSegmenter(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def serve(self, image_bytes):
+            sizes = tf.map_fn(lambda s: tf.shape(decode(s))[:2], image_bytes, fn_output_signature=tf.int32)
+            largest = tf.reduce_max(sizes, axis=0)
+
+            def padded_labels(encoded):
+                labels = tf.cast(decode(encoded)[..., 0], tf.int32) // divisor
+                missing = largest - tf.shape(labels)
+                return tf.pad(labels, [[0, missing[0]], [0, missing[1]]], constant_values=255)
+
+            labels = tf.map_fn(padded_labels, image_bytes, fn_output_signature=tf.int32)
+            pngs = tf.map_fn(lambda s: tf.io.encode_png(decode(s)[..., :1] // divisor), image_bytes,
+                             fn_output_signature=tf.string)
+            return {"labels": labels, "image_size": sizes, "label_png_bytes": pngs}
+
+    module = RedChannelSegmenter()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+@pytest.fixture(scope="module")
+def model_base(tmp_path_factory):
+    """A model base folder with versions 1 (labels R // 128) and 2 (labels R // 64)."""
+    base = tmp_path_factory.mktemp("saved_models") / "deeplabv3"
+    _save_red_channel_model(base / "1", divisor=128)
+    _save_red_channel_model(base / "2", divisor=64)
+    (base / "not_a_version").mkdir()
+    return base
+
+
+def _predict(*argv):
+    return cli.main(["predict", *map(str, argv)])
+
+
+def test_predict_writes_exact_label_pngs_and_overlays_of_the_highest_version(model_base, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _predict(*IMAGES, "--model", model_base, "--out", out, "--batch_size", 2) == 0
+    printed = capsys.readouterr().out
+    camvid = viz.get_colormap("camvid")
+    for image_path in IMAGES:
+        expected = _red_channel_labels(image_path, 64)
+        label_png = Image.open(out / f"{image_path.stem}_labels.png")
+        assert label_png.mode == "P"
+        np.testing.assert_array_equal(np.array(label_png), expected)  # padding of the batch cut off
+        np.testing.assert_array_equal(np.array(label_png.getpalette(), np.uint8).reshape(-1, 3), camvid)
+        overlay = np.array(Image.open(out / f"{image_path.stem}_overlay.png"))
+        image = np.array(Image.open(image_path).convert("RGB"))
+        np.testing.assert_array_equal(overlay, viz.overlay(image, expected, camvid,
+                                                           class_names=viz.class_names("camvid")))
+        assert str(out / f"{image_path.stem}_labels.png") in printed
+        assert str(out / f"{image_path.stem}_overlay.png") in printed
+
+
+def test_predict_with_a_version_folder_or_version_number(model_base, tmp_path):
+    for argv in (["--model", model_base / "1"], ["--model", model_base, "--version", 1]):
+        out = tmp_path / str(len(argv))
+        assert _predict(IMAGES[1], *argv, "--out", out) == 0
+        labels = np.array(Image.open(out / f"{IMAGES[1].stem}_labels.png"))
+        np.testing.assert_array_equal(labels, _red_channel_labels(IMAGES[1], 128))
+
+
+def test_colormap_comes_from_the_exports_metadata_unless_given(model_base, tmp_path):
+    version = tmp_path / "model" / "3"
+    _save_red_channel_model(version, divisor=64)
+    (version / "assets.extra").mkdir()
+    (version / "assets.extra" / "keras_deeplab.json").write_text(json.dumps({"colormap": "pascal"}))
+    for extra, colormap in (([], "pascal"), (["--colormap", "cityscapes"], "cityscapes")):
+        out = tmp_path / colormap
+        assert _predict(IMAGES[0], "--model", version.parent, "--out", out, *extra) == 0
+        palette = Image.open(out / f"{IMAGES[0].stem}_labels.png").getpalette()
+        np.testing.assert_array_equal(np.array(palette, np.uint8).reshape(-1, 3), viz.get_colormap(colormap))
+
+
+def test_missing_and_corrupt_images_are_named(model_base, tmp_path, capsys):
+    missing = tmp_path / "missing.png"
+    assert _predict(IMAGES[0], missing, "--model", model_base, "--out", tmp_path) == 1
+    assert f"input image not found: {missing}" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    assert _predict(corrupt, "--model", model_base, "--out", tmp_path) == 1
+    assert f"cannot decode input image {corrupt}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("absent", "model directory not found"),
+    ("empty", "no SavedModel in"),
+    ("version", "version 7 not found"),
+])
+def test_bad_model_dirs_give_a_clear_error(model_base, tmp_path, capsys, layout, message):
+    model = {"absent": tmp_path / "nothing", "empty": tmp_path, "version": model_base}[layout]
+    assert _predict(IMAGES[0], "--model", model, "--version", 7, "--out", tmp_path / "out") == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_or_url_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _predict(IMAGES[0])
+    assert exit_info.value.code == 2
+    assert "--model" in capsys.readouterr().err
