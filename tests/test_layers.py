@@ -1,0 +1,266 @@
+"""Layer tests against independent references: Keras' own dilated Conv2D, keras.applications preprocessing,
+tf.image.resize and a NumPy ASPP."""
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_deeplab.layers import ASPP, AtrousConv2D, ImagePreprocessing, ResizeLike
+
+RNG = np.random.default_rng(0)
+
+
+def random_images(shape, low=-1.0, high=1.0):
+    return RNG.uniform(low, high, shape).astype("float32")
+
+
+def atrous_and_reference(rate, in_channels=5, filters=4, kernel_size=3, implementation="shifted"):
+    """An AtrousConv2D and a Keras Conv2D(dilation_rate, padding='same') holding the same kernel and bias."""
+    atrous = AtrousConv2D(filters, kernel_size, dilation_rate=rate, implementation=implementation)
+    reference = keras.layers.Conv2D(filters, kernel_size, dilation_rate=rate, padding="same")
+    atrous.build((None, None, None, in_channels))
+    reference.build((None, None, None, in_channels))
+    kernel = RNG.normal(size=atrous.kernel.shape).astype("float32")
+    bias = RNG.normal(size=(filters,)).astype("float32")
+    atrous.set_weights([kernel, bias])
+    reference.set_weights([kernel, bias])
+    return atrous, reference
+
+
+# Sizes are odd and non-square; rates 18 and 40 exceed some of them, so whole taps fall off the map.
+ATROUS_CASES = [(rate, size) for rate in (1, 2, 6, 18, 40) for size in ((13, 17), (9, 21), (33, 7))]
+
+
+@pytest.mark.parametrize("rate,size", ATROUS_CASES)
+def test_atrous_conv_equals_keras_dilated_conv(rate, size):
+    atrous, reference = atrous_and_reference(rate)
+    x = random_images((2, *size, 5))
+    np.testing.assert_allclose(atrous(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_conv_rectangular_rate_and_kernel():
+    atrous, reference = atrous_and_reference((2, 7), kernel_size=(3, 5))
+    x = random_images((1, 11, 15, 5))
+    np.testing.assert_allclose(atrous(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "native"])
+def test_atrous_conv_other_implementations_equal_keras(implementation):
+    atrous, reference = atrous_and_reference(3, implementation=implementation)
+    x = random_images((1, 10, 12, 5))
+    np.testing.assert_allclose(atrous(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rate,size", [(1, (13, 17)), (6, (13, 17)), (18, (13, 17)), (40, (9, 21))])
+def test_atrous_conv_gradients_equal_keras(rate, size):
+    atrous, reference = atrous_and_reference(rate)
+    x = tf.constant(random_images((2, *size, 5)))
+    upstream = tf.constant(RNG.normal(size=(2, *size, 4)).astype("float32"))
+
+    def gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * upstream)
+        return tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])
+
+    for got, want in zip(gradients(atrous), gradients(reference)):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [2, 18, 40])
+def test_atrous_conv_with_unknown_spatial_dims(rate):
+    """Inside a tf.function traced for [None, None, None, C] no tap can be skipped statically."""
+    atrous, reference = atrous_and_reference(rate)
+    run = tf.function(atrous, input_signature=[tf.TensorSpec([None, None, None, 5], tf.float32)])
+    for size in ((13, 17), (33, 7)):
+        x = random_images((2, *size, 5))
+        np.testing.assert_allclose(run(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_atrous_conv_rejects_even_kernel_and_unknown_implementation():
+    with pytest.raises(ValueError, match="odd kernel"):
+        AtrousConv2D(4, 2, dilation_rate=2)
+    with pytest.raises(ValueError, match="implementation"):
+        AtrousConv2D(4, 3, implementation="fast")
+
+
+def numpy_conv_same(x, kernel, rate):
+    """Stride-1 'same' convolution with dilation `rate` by explicit loops over taps (NHWC, HWIO)."""
+    kh, kw = kernel.shape[:2]
+    ph, pw = rate * (kh // 2), rate * (kw // 2)
+    padded = np.pad(x, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    height, width = x.shape[1:3]
+    out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
+    for i in range(kh):
+        for j in range(kw):
+            window = padded[:, i * rate:i * rate + height, j * rate:j * rate + width]
+            out += window @ kernel[i, j]
+    return out
+
+
+def randomize_batchnorm(bn):
+    """Non-trivial gamma, beta, moving mean and variance, so that inference-mode BN is not the identity."""
+    channels = bn.gamma.shape[0]
+    bn.set_weights([RNG.uniform(0.5, 1.5, channels), RNG.normal(0, 0.5, channels),
+                    RNG.normal(0, 0.5, channels), RNG.uniform(0.5, 2.0, channels)])
+
+
+def numpy_batchnorm(x, bn):
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
+    return (x - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
+
+
+def build_random_aspp(in_channels, **kwargs):
+    aspp = ASPP(**kwargs)
+    aspp.build((None, None, None, in_channels))
+    for conv in aspp.branch_convs + [aspp.project_conv]:
+        conv.set_weights([RNG.normal(0, 0.3, conv.kernel.shape).astype("float32")])
+    for bn in aspp.branch_bns + [aspp.project_bn]:
+        randomize_batchnorm(bn)
+    return aspp
+
+
+def test_aspp_equals_numpy_reference():
+    """1x1 branch, one rate-2 branch and image pooling, concatenated and projected, in inference mode."""
+    aspp = build_random_aspp(6, filters=5, atrous_rates=(2,), image_pooling=True)
+    x = random_images((2, 7, 9, 6)).astype(np.float64)
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    conv_1x1, conv_rate2, conv_pool = (np.asarray(c.kernel, np.float64) for c in aspp.branch_convs)
+    bn_1x1, bn_rate2, bn_pool = aspp.branch_bns
+    branch_1x1 = relu(numpy_batchnorm(x @ conv_1x1[0, 0], bn_1x1))
+    branch_rate2 = relu(numpy_batchnorm(numpy_conv_same(x, conv_rate2, 2), bn_rate2))
+    pooled = relu(numpy_batchnorm(x.mean(axis=(1, 2)) @ conv_pool[0, 0], bn_pool))  # [N, filters]
+    branch_pool = np.broadcast_to(pooled[:, None, None, :], branch_1x1.shape)
+    concat = np.concatenate([branch_1x1, branch_rate2, branch_pool], axis=-1)
+    project = np.asarray(aspp.project_conv.kernel, np.float64)[0, 0]
+    expected = relu(numpy_batchnorm(concat @ project, aspp.project_bn))
+    got = aspp(x.astype("float32"), training=False)
+    assert got.shape == (2, 7, 9, 5)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_aspp_image_pooling_branch_sees_the_global_mean():
+    """Only the pooling branch differs between two inputs whose local content (1x1 and rate-1 3x3 views of the
+    top-left corner) is equal; its contribution must follow the change of the global mean."""
+    aspp = build_random_aspp(3, filters=4, atrous_rates=(), image_pooling=True)
+    without_pool = build_random_aspp(3, filters=4, atrous_rates=(), image_pooling=False)
+    # Share the 1x1 branch and the part of the projection that reads it.
+    without_pool.branch_convs[0].set_weights(aspp.branch_convs[0].get_weights())
+    without_pool.branch_bns[0].set_weights(aspp.branch_bns[0].get_weights())
+    project = aspp.project_conv.get_weights()[0]
+    project[:, :, 4:] = 0.0  # silence the pooling branch
+    aspp.project_conv.set_weights([project])
+    without_pool.project_conv.set_weights([project[:, :, :4]])
+    without_pool.project_bn.set_weights(aspp.project_bn.get_weights())
+    x = random_images((1, 6, 8, 3))
+    np.testing.assert_allclose(aspp(x), without_pool(x), atol=1e-5)
+
+    # With the projection reading only the pooling branch, the output is spatially constant and equals
+    # relu(BN(relu(BN(mean(x) @ W_pool)) @ P_pool)).
+    project = aspp.project_conv.get_weights()[0]
+    project[:, :, :4] = 0.0
+    project[:, :, 4:] = RNG.normal(size=(4, 4))
+    aspp.project_conv.set_weights([project])
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+    pooled = relu(numpy_batchnorm(x.mean(axis=(1, 2)) @ aspp.branch_convs[1].get_weights()[0][0, 0],
+                                  aspp.branch_bns[1]))
+    expected = relu(numpy_batchnorm(pooled @ project[0, 0, 4:], aspp.project_bn))
+    got = np.asarray(aspp(x))
+    np.testing.assert_allclose(got, np.broadcast_to(expected[:, None, None], got.shape), atol=1e-5)
+
+
+def test_aspp_on_dynamic_sizes():
+    aspp = build_random_aspp(8, filters=6, atrous_rates=(2, 4, 40))
+    run = tf.function(lambda v: aspp(v, training=False),
+                      input_signature=[tf.TensorSpec([None, None, None, 8], tf.float32)])
+    for size in ((5, 5), (9, 13), (1, 1), (33, 17)):
+        x = random_images((2, *size, 8))
+        eager = aspp(x, training=False)
+        assert eager.shape == (2, *size, 6)
+        np.testing.assert_allclose(run(x), eager, atol=1e-4, rtol=1e-4)
+    inputs = keras.Input((None, None, 8))
+    assert aspp(inputs).shape == (None, None, None, 6)
+
+
+def serialize_roundtrip(layer, *build_shapes):
+    """A new layer made from `layer`'s serialized config (through JSON), holding the same weights."""
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+    if layer.weights:
+        if not clone.built:  # the serialized build_config normally rebuilds it already
+            clone.build(*build_shapes)
+        clone.set_weights(layer.get_weights())
+    return clone
+
+
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+def test_image_preprocessing_config_roundtrip(mode):
+    layer = ImagePreprocessing(mode, name="pre")
+    clone = serialize_roundtrip(layer)
+    x = random_images((1, 4, 5, 3), 0, 255)
+    np.testing.assert_array_equal(clone(x), layer(x))
+
+
+def test_resize_like_config_roundtrip():
+    layer = ResizeLike(name="resize")
+    clone = serialize_roundtrip(layer)
+    inputs = [random_images((1, 4, 5, 2)), np.zeros((1, 9, 7, 1), "float32")]
+    np.testing.assert_array_equal(clone(inputs), layer(inputs))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "shifted", "native"])
+def test_atrous_conv_config_roundtrip(implementation):
+    layer, _ = atrous_and_reference((2, 3), implementation=implementation)
+    clone = serialize_roundtrip(layer, (None, None, None, 5))
+    assert clone.dilation_rate == (2, 3) and clone.implementation == implementation
+    x = random_images((1, 9, 11, 5))
+    np.testing.assert_array_equal(clone(x), layer(x))
+
+
+def test_aspp_config_roundtrip():
+    layer = build_random_aspp(6, filters=5, atrous_rates=(2, 3), image_pooling=True, dropout=0.25,
+                              bn_momentum=0.9, bn_epsilon=1e-3, name="aspp")
+    clone = serialize_roundtrip(layer, (None, None, None, 6))
+    assert clone.atrous_rates == (2, 3) and clone.dropout == 0.25 and clone.bn_epsilon == 1e-3
+    x = random_images((2, 7, 9, 6))
+    np.testing.assert_array_equal(clone(x, training=False), layer(x, training=False))
+
+
+def test_image_preprocessing_modes_equal_hand_computed_numpy():
+    x = random_images((2, 5, 6, 3), 0, 255)
+    caffe = x[..., ::-1] - np.array([103.939, 116.779, 123.68])
+    torch = (x / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    tf_mode = x / 127.5 - 1.0
+    for mode, expected in (("caffe", caffe), ("torch", torch), ("tf", tf_mode)):
+        np.testing.assert_allclose(ImagePreprocessing(mode)(x), expected, atol=2e-4, rtol=1e-5, err_msg=mode)
+
+
+def test_image_preprocessing_equals_keras_applications():
+    x = random_images((1, 4, 4, 3), 0, 255)
+    expected = {
+        "caffe": keras.applications.resnet.preprocess_input(x.copy()),
+        "tf": keras.applications.mobilenet_v2.preprocess_input(x.copy()),
+        "torch": keras.applications.imagenet_utils.preprocess_input(x.copy(), mode="torch"),
+    }
+    for mode, want in expected.items():
+        np.testing.assert_allclose(ImagePreprocessing(mode)(x), want, atol=2e-4, rtol=1e-5, err_msg=mode)
+
+
+def test_image_preprocessing_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="Unknown preprocessing mode 'bgr'"):
+        ImagePreprocessing("bgr")
+
+
+@pytest.mark.parametrize("source,target", [((5, 7), (9, 13)), ((65, 65), (513, 513)), ((20, 9), (7, 4))])
+def test_resize_like_equals_tf_image_resize(source, target):
+    images = random_images((2, *source, 3))
+    reference = np.zeros((2, *target, 1), "float32")
+    expected = tf.image.resize(images, target, method="bilinear")
+    np.testing.assert_allclose(ResizeLike()([images, reference]), expected, atol=1e-5)
+    run = tf.function(ResizeLike(), input_signature=[[tf.TensorSpec([None, None, None, 3]),
+                                                       tf.TensorSpec([None, None, None, 1])]])
+    np.testing.assert_allclose(run([images, reference]), expected, atol=1e-5)
