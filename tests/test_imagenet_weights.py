@@ -1,0 +1,71 @@
+"""keras.applications weights in our backbones, offline: randomly initialized keras.applications models are
+saved to a local weights file; our backbone features must equal keras.applications' own on the same images."""
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from keras_deeplab import DeepLabV3
+
+# backbone -> (keras.applications model, its preprocessing, the layer whose output is the OS32 feature map)
+APPLICATIONS = {
+    "resnet50": (keras.applications.ResNet50, keras.applications.resnet.preprocess_input, "conv5_block3_out"),
+    "mobilenet_v2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input,
+                     "block_16_project_BN"),
+}
+
+
+def perturb(model, rng):
+    """Non-trivial values for what random init leaves constant: BN gamma/beta/moving stats and conv biases."""
+    draws = {
+        "gamma": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "beta": lambda shape: rng.normal(0.0, 0.1, shape),
+        "moving_mean": lambda shape: rng.normal(0.0, 0.1, shape),
+        "moving_variance": lambda shape: rng.uniform(0.5, 1.5, shape),
+        "bias": lambda shape: rng.normal(0.0, 0.1, shape),
+    }
+    for variable in model.weights:
+        if variable.name in draws:
+            variable.assign(draws[variable.name](tuple(variable.shape)).astype("float32"))
+
+
+@pytest.mark.parametrize("backbone, size", [
+    ("resnet50", (67, 93)),
+    ("mobilenet_v2", (96, 128)),  # even sizes at every stride-2 layer
+    ("mobilenet_v2", (67, 93)),   # odd sizes: keras.applications' correct_pad must still equal 'same'
+])
+def test_backbone_features_equal_keras_applications(tmp_path, backbone, size):
+    application, preprocess_input, feature_layer = APPLICATIONS[backbone]
+    keras.utils.set_random_seed(0)
+    source = application(include_top=False, weights=None, input_shape=size + (3,))
+    perturb(source, np.random.default_rng(0))
+    weights_file = str(tmp_path / f"{backbone}.weights.h5")
+    source.save_weights(weights_file)
+
+    model = DeepLabV3(3, backbone=backbone, output_stride=32, multi_grid=(1, 1, 1), aspp_filters=16,
+                      backbone_weights=weights_file)
+    features = keras.Model(model.input, model.get_layer(feature_layer).output)
+    images = np.random.default_rng(1).uniform(0, 255, (2,) + size + (3,)).astype("float32")
+
+    ours = keras.ops.convert_to_numpy(features(images, training=False))
+    source_features = keras.Model(source.input, source.get_layer(feature_layer).output)
+    # preprocess_input works in place on numpy arrays: give it a copy.
+    reference = keras.ops.convert_to_numpy(source_features(preprocess_input(images.copy()), training=False))
+    assert ours.shape == reference.shape and reference.std() > 0
+    scale = np.abs(reference).max()
+    diff = np.abs(ours - reference).max()
+    print(f"{backbone} {size}: max |ours - keras.applications| = {diff:.3g} (max |features| = {scale:.3g})")
+    assert diff <= 1e-4 * scale
+
+
+def test_missing_weights_file_names_the_path(tmp_path):
+    path = str(tmp_path / "missing.weights.h5")
+    with pytest.raises(FileNotFoundError, match=re.escape(path)):
+        DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=16, backbone_weights=path)
+
+
+def test_torchvision_layout_has_no_keras_applications_weights(tmp_path):
+    with pytest.raises(ValueError, match="from_torchvision"):
+        DeepLabV3(3, backbone="resnet50_v1.5", aspp_filters=16,
+                  backbone_weights=str(tmp_path / "x.weights.h5"))
