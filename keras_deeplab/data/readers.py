@@ -61,12 +61,16 @@ class LabelSpec:
 # ---------------------------------------------------------------------------------------------------- listing
 
 
-def _read_id_list(path):
-    """Ids of a split list file: one per line, either `id` or `path/to/id.jpg path/to/id.png` (first token's stem)."""
+def _read_id_list(path, suffixes):
+    """Ids of a split list file: one per line, either `id` or `path/to/<id><suffix> path/to/label` (the first
+    token's file name without the image suffix)."""
     ids = []
     for line in Path(path).read_text().splitlines():
-        if line.strip():
-            ids.append(Path(line.split()[0]).stem)
+        if not line.strip():
+            continue
+        name = Path(line.split()[0]).name
+        suffix = next((s for s in suffixes if name.lower().endswith(s.lower())), "")
+        ids.append(name[: len(name) - len(suffix)])
     return ids
 
 
@@ -93,7 +97,7 @@ def voc_samples(root, split, *, label_dir=None, split_list=None):
         label_dir = "SegmentationClassAug" if split in VOC_AUG_SPLITS else "SegmentationClass"
     return [
         Sample(i, root / "JPEGImages" / f"{i}.jpg", root / label_dir / f"{i}.png", origin=f"listed in {list_path}")
-        for i in _read_id_list(list_path)
+        for i in _read_id_list(list_path, (".jpg",))
     ]
 
 
@@ -129,7 +133,7 @@ def folder_samples(root, split, *, image_dir="{split}", label_dir="{split}annot"
         list_path = root / split_list.format(split=split)
         if not list_path.is_file():
             raise DataError(f"{list_path}: split list for {split!r} not found")
-        ids, origin = _read_id_list(list_path), f"listed in {list_path}"
+        ids, origin = _read_id_list(list_path, image_suffixes), f"listed in {list_path}"
     else:
         ids, origin = sorted(images), f"found in {image_root}"
         if not ids:
