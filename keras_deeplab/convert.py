@@ -67,7 +67,7 @@ def load_state_dict(source):
             import torch
         except ImportError as err:
             raise ImportError(f"Reading {path!r} needs PyTorch (pip install torch); without it, save the "
-                              "state dict as .npz elsewhere: "
+                              "state dict as .npz on a machine that has torch: "
                               "numpy.savez(path, **{k: v.numpy() for k, v in state.items()})") from err
         source = torch.load(path, map_location="cpu", weights_only=True)
     return {key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
