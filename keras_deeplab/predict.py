@@ -14,9 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from keras_deeplab import viz
+from keras_deeplab.export import EXPORT_INFO_FILE, SERVING_SIGNATURE
 
-SIGNATURE = "serving_default"
-METADATA_FILES = ("assets.extra/keras_deeplab.json", "assets/keras_deeplab.json")
 DEFAULT_COLORMAP = "camvid"
 
 
@@ -43,16 +42,18 @@ def resolve_version_dir(path, version=None):
     return versions[version]
 
 
-def read_export_metadata(version_dir):
-    """The export's `keras_deeplab.json` (colormap name, class names) if it wrote one, else {}."""
-    for name in METADATA_FILES:
-        path = Path(version_dir) / name
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError as error:
-                raise PredictError(f"corrupt export metadata {path}: {error}") from error
-    return {}
+def read_export_info(version_dir):
+    """The export's info file (`assets.extra/keras_deeplab_export.json`) as a dict, {} if there is none.
+
+    `colormap` (a name in `viz.COLORMAPS`) and `class_names` in it choose the pictures' palette and legend.
+    """
+    path = Path(version_dir) / EXPORT_INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise PredictError(f"corrupt export info {path}: {error}") from error
 
 
 class SavedModelSegmenter:
@@ -66,10 +67,10 @@ class SavedModelSegmenter:
             signatures = tf.saved_model.load(str(version_dir)).signatures
         except Exception as error:  # TF raises many types for unreadable SavedModels
             raise PredictError(f"cannot load SavedModel {version_dir}: {error}") from error
-        if SIGNATURE not in signatures:
-            raise PredictError(f"SavedModel {version_dir} has no {SIGNATURE!r} signature "
+        if SERVING_SIGNATURE not in signatures:
+            raise PredictError(f"SavedModel {version_dir} has no {SERVING_SIGNATURE!r} signature "
                                f"(it has {sorted(signatures)})")
-        self._signature = signatures[SIGNATURE]
+        self._signature = signatures[SERVING_SIGNATURE]
 
     def __call__(self, encoded_images):
         """Label maps (int arrays [H, W], one per image, padding cut off) of a list of encoded images."""
@@ -122,7 +123,8 @@ def _parser():
     parser.add_argument("--model_name", default="deeplabv3", help="model name on the server (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version (default: the highest / the server's choice)")
     parser.add_argument("--colormap", choices=viz.COLORMAPS,
-                        help=f"palette and class names (default: the export's metadata, else {DEFAULT_COLORMAP})")
+                        help="palette and class names (default: the export's info file, else "
+                             f"{DEFAULT_COLORMAP})")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=1, help="images per request (default: %(default)s)")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
@@ -144,18 +146,18 @@ def _run(args):
     _check_inputs(args.images)
     if args.batch_size < 1:
         raise PredictError(f"--batch_size must be at least 1, got {args.batch_size}")
-    metadata = {}
+    info = {}
     if args.model:
         version_dir = resolve_version_dir(args.model, args.version)
-        metadata = read_export_metadata(version_dir)
+        info = read_export_info(version_dir)
         segment = SavedModelSegmenter(version_dir)
     else:
         segment = ServingSegmenter(args.url, args.model_name, args.version)
-    colormap_name = args.colormap or metadata.get("colormap") or DEFAULT_COLORMAP
+    colormap_name = args.colormap or info.get("colormap") or DEFAULT_COLORMAP
     if colormap_name not in viz.COLORMAPS:
-        raise PredictError(f"the export names an unknown colormap {colormap_name!r}; pass --colormap")
+        raise PredictError(f"the export info names an unknown colormap {colormap_name!r}; pass --colormap")
     colormap = viz.get_colormap(colormap_name)
-    names = (None if args.colormap else metadata.get("class_names")) or viz.class_names(colormap_name)
+    names = (None if args.colormap else info.get("class_names")) or viz.class_names(colormap_name)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

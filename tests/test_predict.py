@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from keras_deeplab import cli, viz
+from keras_deeplab.export import EXPORT_INFO_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "viz"
 IMAGES = [FIXTURES / "camvid_0016E5_07959_120x90.png", FIXTURES / "camvid_0016E5_08085_96x72.png"]
@@ -84,11 +85,11 @@ def test_predict_with_a_version_folder_or_version_number(model_base, tmp_path):
         np.testing.assert_array_equal(labels, _red_channel_labels(IMAGES[1], 128))
 
 
-def test_colormap_comes_from_the_exports_metadata_unless_given(model_base, tmp_path):
+def test_colormap_comes_from_the_export_info_unless_given(model_base, tmp_path):
     version = tmp_path / "model" / "3"
     _save_red_channel_model(version, divisor=64)
-    (version / "assets.extra").mkdir()
-    (version / "assets.extra" / "keras_deeplab.json").write_text(json.dumps({"colormap": "pascal"}))
+    (version / EXPORT_INFO_FILE).parent.mkdir()
+    (version / EXPORT_INFO_FILE).write_text(json.dumps({"num_classes": 4, "colormap": "pascal"}))
     for extra, colormap in (([], "pascal"), (["--colormap", "cityscapes"], "cityscapes")):
         out = tmp_path / colormap
         assert _predict(IMAGES[0], "--model", version.parent, "--out", out, *extra) == 0
@@ -123,3 +124,28 @@ def test_model_or_url_is_required(capsys):
         _predict(IMAGES[0])
     assert exit_info.value.code == 2
     assert "--model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_predict_on_a_real_export_of_a_tiny_deeplabv3(tmp_path):
+    import keras
+
+    from keras_deeplab import DeepLabV3
+    from keras_deeplab.export import export_saved_model
+
+    keras.utils.set_random_seed(0)
+    model = DeepLabV3(num_classes=12, backbone="mobilenet_v2", aspp_filters=32)
+    base = tmp_path / "saved_models" / "deeplabv3"
+    export_saved_model(model, base, check_images=IMAGES[:1])
+    out = tmp_path / "out"
+    assert _predict(*IMAGES, "--model", base, "--out", out, "--batch_size", 2) == 0
+    for image_path in IMAGES:
+        image = np.array(Image.open(image_path).convert("RGB"))
+        logits = np.asarray(model(image[None].astype(np.float32), training=False))[0]
+        top2 = np.sort(logits, axis=-1)[..., -2:]
+        decided = top2[..., 1] - top2[..., 0] > 1e-4 * np.maximum(1.0, np.abs(top2[..., 1]))
+        labels = np.array(Image.open(out / f"{image_path.stem}_labels.png"))
+        assert labels.shape == image.shape[:2] and decided.mean() > 0.9
+        np.testing.assert_array_equal(labels[decided], np.argmax(logits, axis=-1)[decided])
+        overlay = Image.open(out / f"{image_path.stem}_overlay.png")
+        assert overlay.height == image.shape[0] and overlay.width > image.shape[1]
