@@ -1,12 +1,19 @@
-"""TFDS reader on a tiny local builder (generated in memory: no download, no network)."""
+"""TFDS reader on a tiny local builder (generated in memory) and the VOC segmentation builder on a tiny archive
+made in the test: no download, no network."""
+import shutil
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from keras_deeplab.data import prepare as prepare_module
 from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info
 from keras_deeplab.data.prepare import prepare
 from keras_deeplab.data.readers import DataError, tfds_builder
+from keras_deeplab.data.voc_tfds import ARCHIVE_NAME, VocSegmentation
 
 SIZES = [(20, 24), (16, 30), (18, 18)]  # (height, width) per example
 
@@ -77,3 +84,67 @@ def test_unprepared_tfds_dataset_is_not_downloaded(tmp_path):
         tfds_builder(TinyPets(data_dir=str(tmp_path)))
     assert prepare_module.main(["--format", "tfds", "tiny_pets", str(tmp_path / "out"), "--tfds-data-dir",
                                 str(tmp_path), "--num-classes", "2", "--splits", "train", "--no-progress"]) == 1
+
+
+# ------------------------------------------------------------------------------------------------ VOC builder
+
+VOC_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "voc"
+VOC_SPLITS = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033", "2007_000129"]}
+
+
+def _make_voc_manual_dir(root, as_tar):
+    """manual_dir with VOCtrainval_11-May-2012.tar (or an extracted VOCdevkit/) made of the fixture masks, the real
+    JPEG and synthetic JPEGs of the other masks' sizes, plus SBD-style train_aug.txt and SegmentationClassAug/."""
+    voc = root / "extracted" / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for example_id in VOC_SPLITS["train"] + VOC_SPLITS["val"]:
+        mask = VOC_FIXTURES / "SegmentationClass" / f"{example_id}.png"
+        shutil.copy(mask, voc / "SegmentationClass")
+        real = VOC_FIXTURES / "JPEGImages" / f"{example_id}.jpg"
+        if real.exists():
+            shutil.copy(real, voc / "JPEGImages")
+        else:
+            height, width = np.array(Image.open(mask)).shape
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+                voc / "JPEGImages" / f"{example_id}.jpg")
+    for split, ids in VOC_SPLITS.items():
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    manual = root / "manual"
+    manual.mkdir()
+    if as_tar:
+        with tarfile.open(manual / ARCHIVE_NAME, "w") as archive:
+            archive.add(root / "extracted" / "VOCdevkit", arcname="VOCdevkit")
+    else:
+        shutil.copytree(root / "extracted" / "VOCdevkit", manual / "VOCdevkit")
+    shutil.copytree(voc / "SegmentationClass", manual / "SegmentationClassAug")
+    (manual / "train_aug.txt").write_text("/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png\n")
+    return manual, voc
+
+
+@pytest.mark.parametrize("as_tar", [True, False], ids=["tar", "folder"])
+def test_voc_segmentation_builder_reads_index_masks(tmp_path, as_tar):
+    manual, voc = _make_voc_manual_dir(tmp_path, as_tar)
+    builder = VocSegmentation(data_dir=str(tmp_path / "tfds"))
+    info = prepare(builder, tmp_path / "out", preset="voc_segmentation", splits=["train", "val", "train_aug"],
+                   num_shards=1, manual_dir=str(manual), progress=False)
+    assert info["splits"] == {"train": 2, "val": 2, "train_aug": 1} and info["num_classes"] == 21
+    for split, ids in {**VOC_SPLITS, "train_aug": ["2007_000032"]}.items():
+        got = {i.numpy()[0].decode(): (x.numpy()[0], y.numpy()[0])
+               for x, y, i in eval_dataset(tmp_path / "out", split, with_ids=True)}
+        assert sorted(got) == sorted(ids)
+        for example_id, (image, label) in got.items():
+            np.testing.assert_array_equal(label, np.array(Image.open(voc / "SegmentationClass" / f"{example_id}.png")))
+            np.testing.assert_array_equal(image, np.array(Image.open(voc / "JPEGImages" / f"{example_id}.jpg")))
+
+
+def test_voc_segmentation_builder_explains_manual_download(tmp_path):
+    assert ARCHIVE_NAME in VocSegmentation.MANUAL_DOWNLOAD_INSTRUCTIONS
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with pytest.raises(DataError, match=ARCHIVE_NAME):  # empty: TFDS shows the instructions
+        tfds_builder(VocSegmentation(data_dir=str(tmp_path / "tfds")), manual_dir=str(manual))
+    (manual / "notes.txt").write_text("not the archive")
+    with pytest.raises(DataError, match=f"{manual}: neither {ARCHIVE_NAME}"):
+        tfds_builder(VocSegmentation(data_dir=str(tmp_path / "tfds")), manual_dir=str(manual))

@@ -77,6 +77,14 @@ PRESETS = {
         "remap": {0: 255, **{i: i - 1 for i in range(1, 151)}},  # 0 = "other" is ignored
         "reader": {"image_dir": "images/{split}", "label_dir": "annotations/{split}", "image_suffixes": (".jpg",)},
     },
+    "voc_segmentation": {  # the TFDS builder in voc_tfds.py
+        "format": "tfds",
+        "name": "voc2012",
+        "class_names": VOC_CLASSES,
+        "colormap": "pascal",
+        "remap": {},
+        "reader": {"image_key": "image", "label_key": "segmentation_mask"},
+    },
     "oxford_iiit_pet": {
         "format": "tfds",
         "name": "oxford_iiit_pet",

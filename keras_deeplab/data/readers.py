@@ -154,12 +154,17 @@ def tfds_builder(name_or_builder, *, data_dir=None, manual_dir=None, download=Fa
     reads its archives from `manual_dir`); otherwise the dataset must already be prepared in `data_dir`."""
     import tensorflow_datasets as tfds
 
+    import keras_deeplab.data.voc_tfds  # noqa: F401  (registers `voc_segmentation`)
+
     if isinstance(name_or_builder, str):
         builder = tfds.builder(name_or_builder, data_dir=data_dir)
     else:
         builder = name_or_builder
     if download or manual_dir:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        try:
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        except (AssertionError, FileNotFoundError) as error:  # how TFDS reports a missing manual download
+            raise DataError(f"TFDS dataset {builder.name}: {error}") from error
     elif not Path(builder.data_dir, "dataset_info.json").exists():
         raise DataError(
             f"TFDS dataset {builder.name} is not prepared in {builder.data_dir}; pass download=True "
@@ -179,7 +184,10 @@ def tfds_samples(builder, split, *, image_key="image", label_key="segmentation_m
         if key not in features:
             raise DataError(f"TFDS dataset {builder.name} has no feature {key!r}; features: {list(features)}")
     has_id = "file_name" in features
-    for n, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
+    # Images stay encoded (original JPEG/PNG bytes) so they are stored and decoded exactly as the files.
+    decoders = {image_key: tfds.decode.SkipDecoding()} if isinstance(features[image_key], tfds.features.Image) else None
+    dataset = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+    for n, example in enumerate(tfds.as_numpy(dataset)):
         example_id = example["file_name"].decode() if has_id else f"{split}_{n:06d}"
         origin = f"tfds:{builder.name}[{split}] example {n}"
         yield Sample(example_id, example[image_key], example[label_key], origin=origin)
@@ -195,17 +203,21 @@ def _encode_png(rgb):
 
 
 def load_image(image, where):
-    """(encoded bytes TF can decode, RGB uint8 array) of an image file or array; raises DataError naming it."""
+    """(encoded bytes TF can decode, RGB uint8 array) of an image file, encoded bytes or array; raises DataError
+    naming it."""
     if isinstance(image, np.ndarray):
         rgb = image if image.ndim == 3 else np.stack([image] * 3, axis=-1)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[-1] != 3:
             raise DataError(f"{where}: image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
         return _encode_png(rgb), rgb
-    path = Path(image)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found ({where})") from None
+    if isinstance(image, bytes):
+        data, path = image, where
+    else:
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{path}: image file not found ({where})") from None
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -253,8 +265,8 @@ def load_label(label, where):
 def load_example(sample, spec):
     """(id, image bytes, uint8 label of class ids, RGB array) of a sample, checked: both files readable, same size,
     label values (after `spec.remap`) within the classes or the ignore value. Raises DataError naming the file."""
-    image_where = sample.image if not isinstance(sample.image, np.ndarray) else sample.origin
-    label_where = sample.label if not isinstance(sample.label, np.ndarray) else sample.origin
+    image_where = sample.image if isinstance(sample.image, (str, Path)) else sample.origin
+    label_where = sample.label if isinstance(sample.label, (str, Path)) else sample.origin
     image_bytes, rgb = load_image(sample.image, sample.origin)
     raw = load_label(sample.label, sample.origin)
     if raw.shape != rgb.shape[:2]:
