@@ -337,3 +337,15 @@ def test_data_package_does_not_import_model_code():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             assert not any(n.startswith(forbidden) for n in names), f"{path.name} imports {names}"
+
+
+def test_ade20k_preset_ignores_other_and_shifts_classes(tmp_path):
+    (tmp_path / "images" / "validation").mkdir(parents=True)
+    (tmp_path / "annotations" / "validation").mkdir(parents=True)
+    raw = np.array([[0, 1, 2], [75, 150, 0]], np.uint8)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "images" / "validation" / "ADE_val_1.jpg")
+    Image.fromarray(raw).save(tmp_path / "annotations" / "validation" / "ADE_val_1.png")
+    info = prepare(tmp_path, tmp_path / "out", preset="ade20k", splits=["validation"], progress=False)
+    assert info["num_classes"] == 150 and info["class_names"][0] == "wall" and info["colormap"] == "ade20k"
+    (_, labels), = list(eval_dataset(tmp_path / "out", "validation"))
+    np.testing.assert_array_equal(labels.numpy()[0], [[255, 0, 1], [74, 149, 255]])

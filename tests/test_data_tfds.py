@@ -148,3 +148,11 @@ def test_voc_segmentation_builder_explains_manual_download(tmp_path):
     (manual / "notes.txt").write_text("not the archive")
     with pytest.raises(DataError, match=f"{manual}: neither {ARCHIVE_NAME}"):
         tfds_builder(VocSegmentation(data_dir=str(tmp_path / "tfds")), manual_dir=str(manual))
+
+
+def test_unknown_tfds_split_or_feature_is_named(tiny_builder, tmp_path):
+    with pytest.raises(DataError, match="no split 'validation'"):
+        prepare(tiny_builder, tmp_path / "out", preset="oxford_iiit_pet", splits=["validation"], progress=False)
+    with pytest.raises(DataError, match="no feature 'annotation'"):
+        prepare(tiny_builder, tmp_path / "out", preset="oxford_iiit_pet", splits=["train"], label_key="annotation",
+                progress=False)

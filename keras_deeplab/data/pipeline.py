@@ -12,6 +12,7 @@ from keras_deeplab.data.augment import augment, resize_by
 from keras_deeplab.data.tfrecords import parse_example
 
 INFO_FILE = "dataset_info.json"
+MAX_OPEN_SHARDS = 16  # shards read at once while training
 REQUIRED_INFO_KEYS = ("name", "num_classes", "class_names", "ignore_label", "colormap", "splits", "mean_rgb")
 _SHARD_PATTERN = re.compile(r"^(?P<split>.+)-(?P<index>\d{5})-of-(?P<total>\d{5})\.tfrecord$")
 
@@ -62,7 +63,7 @@ def _read_records(files, deterministic, shuffle_files=False, seed=None):
         files_ds = files_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return files_ds.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=len(files),
+        cycle_length=min(len(files), MAX_OPEN_SHARDS) if shuffle_files else len(files),
         block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,

@@ -45,17 +45,25 @@ def _checked_examples(samples, spec, skip_bad, skipped, pixel_stats):
 
 
 def _list_samples(format, source, split, reader_options):
+    """(samples, how many) of one split."""
     if format == "voc":
-        return readers.voc_samples(source, split, **reader_options)
+        samples = readers.voc_samples(source, split, **reader_options)
+        return samples, len(samples)
     if format == "folder":
-        return readers.folder_samples(source, split, **reader_options)
+        samples = readers.folder_samples(source, split, **reader_options)
+        return samples, len(samples)
     options = dict(reader_options)
     builder = readers.tfds_builder(
         source, data_dir=options.pop("data_dir", None), manual_dir=options.pop("manual_dir", None),
         download=options.pop("download", False),
     )
-    samples = readers.tfds_samples(builder, split, **options)
-    return samples, builder.info.splits[split].num_examples
+    return readers.tfds_samples(builder, split, **options)
+
+
+def _default_name(source):
+    if isinstance(source, (str, Path)):
+        return Path(source).name or str(source)
+    return getattr(source, "name", "dataset")  # a TFDS builder
 
 
 def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=False, preset=None, name=None,
@@ -65,8 +73,8 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     and returns the info dict.
 
     format: "voc" (VOC2012/VOCdevkit folder), "folder" (image and label folders) or "tfds" (`source` is a
-    TFDS name or builder). `preset` (see presets.PRESETS: voc, camvid, cityscapes, ade20k, oxford_iiit_pet,
-    scene_parse150) supplies format, class names, colormap, remap and reader options; explicit arguments
+    TFDS name or builder). `preset` (see presets.PRESETS: voc, camvid, cityscapes, ade20k, voc_segmentation,
+    oxford_iiit_pet, scene_parse150) supplies format, class names, colormap, remap and reader options; explicit arguments
     override it. `remap` maps label file values to class ids ({11: 255} makes CamVid's void ignored).
     `num_shards`: shards per split (default: one per 1000 examples). `skip_bad`: log and skip bad samples
     instead of raising. `mean_rgb`: padding colour for training; default: the mean pixel of the train split(s).
@@ -105,7 +113,7 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
     info_path.unlink(missing_ok=True)
     info = {
-        "name": name or spec_defaults.get("name") or (source if isinstance(source, str) else "dataset"),
+        "name": name or spec_defaults.get("name") or _default_name(source),
         "num_classes": num_classes,
         "class_names": class_names,
         "ignore_label": spec.ignore_label,
@@ -122,8 +130,7 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
 
     train_stats, all_stats = np.zeros(4), np.zeros(4)
     for split in splits:
-        listed = _list_samples(format, str(source) if isinstance(source, Path) else source, split, reader_options)
-        samples, total = listed if isinstance(listed, tuple) else (listed, len(listed))
+        samples, total = _list_samples(format, source, split, reader_options)
         shards = num_shards or max(1, math.ceil(total / EXAMPLES_PER_SHARD))
         skipped, stats = [], np.zeros(4)
         bar = tqdm(samples, total=total, desc=f"prepare {split}", unit="img", disable=not progress)

@@ -174,7 +174,8 @@ def tfds_builder(name_or_builder, *, data_dir=None, manual_dir=None, download=Fa
 
 
 def tfds_samples(builder, split, *, image_key="image", label_key="segmentation_mask"):
-    """Samples (decoded arrays) of a TFDS split whose examples hold an image and a segmentation mask."""
+    """(iterator of Samples, count) of a TFDS split whose examples hold an image and a segmentation mask.
+    Images stay encoded (the original JPEG/PNG bytes), so they are stored and decoded exactly as the files."""
     import tensorflow_datasets as tfds
 
     if split not in builder.info.splits:
@@ -183,14 +184,16 @@ def tfds_samples(builder, split, *, image_key="image", label_key="segmentation_m
     for key in (image_key, label_key):
         if key not in features:
             raise DataError(f"TFDS dataset {builder.name} has no feature {key!r}; features: {list(features)}")
-    has_id = "file_name" in features
-    # Images stay encoded (original JPEG/PNG bytes) so they are stored and decoded exactly as the files.
     decoders = {image_key: tfds.decode.SkipDecoding()} if isinstance(features[image_key], tfds.features.Image) else None
     dataset = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-    for n, example in enumerate(tfds.as_numpy(dataset)):
-        example_id = example["file_name"].decode() if has_id else f"{split}_{n:06d}"
-        origin = f"tfds:{builder.name}[{split}] example {n}"
-        yield Sample(example_id, example[image_key], example[label_key], origin=origin)
+
+    def samples():
+        for n, example in enumerate(tfds.as_numpy(dataset)):
+            example_id = example["file_name"].decode() if "file_name" in features else f"{split}_{n:06d}"
+            yield Sample(example_id, example[image_key], example[label_key],
+                         origin=f"tfds:{builder.name}[{split}] example {n}")
+
+    return samples(), builder.info.splits[split].num_examples
 
 
 # ---------------------------------------------------------------------------------------------------- loading
