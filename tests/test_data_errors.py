@@ -146,9 +146,27 @@ def test_failed_prepare_removes_previous_dataset_info(dataset, tmp_path):
     assert load_dataset_info(out)["splits"] == {"train": 3}
     _unreadable(dataset)
     with pytest.raises(DataError):
-        _prepare(dataset, out)
+        _prepare(dataset, out, overwrite=True)
     with pytest.raises(FileNotFoundError):
         load_dataset_info(out)
+
+
+def test_existing_splits_need_overwrite_and_other_splits_are_kept(dataset, tmp_path):
+    out = tmp_path / "out"
+    for folder in ("val", "valannot"):
+        (dataset / folder).mkdir()
+    _write_pair(dataset, "val", "v1")
+    _prepare(dataset, out)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _prepare(dataset, out)
+    info = prepare(dataset, out, format="folder", splits=["val"], num_shards=1, num_classes=3, progress=False)
+    assert info["splits"] == {"train": 3, "val": 1}
+    assert load_dataset_info(out)["splits"] == {"train": 3, "val": 1}
+    assert len(tfrecord_files(out, "train")) == 2
+    _write_pair(dataset, "val", "v2")
+    info = prepare(dataset, out, format="folder", splits=["val"], num_shards=1, num_classes=3, progress=False,
+                   overwrite=True)
+    assert info["splits"] == {"train": 3, "val": 2}
 
 
 def test_write_tfrecords_failure_leaves_no_shards(tmp_path):

@@ -66,9 +66,9 @@ def _default_name(source):
     return getattr(source, "name", "dataset")  # a TFDS builder
 
 
-def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=False, preset=None, name=None,
-            num_classes=None, class_names=None, ignore_label=None, remap=None, colormap=None, mean_rgb=None,
-            progress=True, **reader_options):
+def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=False, overwrite=False, preset=None,
+            name=None, num_classes=None, class_names=None, ignore_label=None, remap=None, colormap=None,
+            mean_rgb=None, progress=True, **reader_options):
     """Converts `splits` of the dataset at `source` into `<out_dir>/<split>-*.tfrecord` + `dataset_info.json`
     and returns the info dict.
 
@@ -77,7 +77,8 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     oxford_iiit_pet, scene_parse150) supplies format, class names, colormap, remap and reader options; explicit arguments
     override it. `remap` maps label file values to class ids ({11: 255} makes CamVid's void ignored).
     `num_shards`: shards per split (default: one per 1000 examples). `skip_bad`: log and skip bad samples
-    instead of raising. `mean_rgb`: padding colour for training; default: the mean pixel of the train split(s).
+    instead of raising. `overwrite`: replace splits already in `out_dir` (otherwise that is an error; other
+    splits of an earlier run of the same dataset are kept). `mean_rgb`: padding colour for training; default: the mean pixel of the train split(s).
     reader_options go to the reader: voc_samples, folder_samples, or for tfds data_dir, manual_dir, download,
     image_key, label_key.
     dataset_info.json is removed first and written last, so an interrupted run leaves no complete-looking dataset.
@@ -108,6 +109,9 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
         splits = [splits]
 
     out_dir = Path(out_dir)
+    existing = [s for s in splits if any(out_dir.glob(f"{s}-*-of-*.tfrecord"))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds the splits {existing}; pass overwrite=True (--overwrite)")
     out_dir.mkdir(parents=True, exist_ok=True)
     info_path = out_dir / INFO_FILE
     previous = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -181,6 +185,7 @@ def _parser():
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="splits to convert (default: train val)")
     parser.add_argument("--num-shards", type=int, help=f"shards per split (default: one per {EXAMPLES_PER_SHARD})")
     parser.add_argument("--skip-bad", action="store_true", help="log and skip bad samples instead of stopping")
+    parser.add_argument("--overwrite", action="store_true", help="replace splits already in OUT_DIR")
     labels = parser.add_argument_group("labels")
     labels.add_argument("--name", help="dataset name stored in dataset_info.json")
     labels.add_argument("--num-classes", type=int)
@@ -229,12 +234,12 @@ def main(argv=None):
     try:
         info = prepare(
             args.source, args.out_dir, format=format, splits=args.splits, num_shards=args.num_shards,
-            skip_bad=args.skip_bad, preset=args.preset, name=args.name, num_classes=args.num_classes,
-            class_names=args.class_names.split(",") if args.class_names else None, ignore_label=args.ignore_label,
-            remap=_parse_remap(args.remap) if args.remap else None, colormap=args.colormap, mean_rgb=args.mean_rgb,
-            progress=not args.no_progress, **reader_options,
+            skip_bad=args.skip_bad, overwrite=args.overwrite, preset=args.preset, name=args.name,
+            num_classes=args.num_classes, class_names=args.class_names.split(",") if args.class_names else None,
+            ignore_label=args.ignore_label, remap=_parse_remap(args.remap) if args.remap else None,
+            colormap=args.colormap, mean_rgb=args.mean_rgb, progress=not args.no_progress, **reader_options,
         )
-    except (DataError, argparse.ArgumentTypeError) as error:
+    except (DataError, FileExistsError, argparse.ArgumentTypeError) as error:
         print(f"deeplab prepare: error: {error}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{s}: {n}" for s, n in info["splits"].items())
