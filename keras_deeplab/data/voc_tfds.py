@@ -2,7 +2,7 @@
 archive or an extracted VOCdevkit from `manual_dir`. Masks are stored as class indices (0..20, 255 = boundary),
 read from the palette PNGs with PIL.
 
-    deeplab prepare --preset voc_segmentation voc_segmentation data/voc --manual-dir ~/Downloads --download
+    deeplab prepare --preset voc_segmentation voc_segmentation data/voc --manual-dir ~/Downloads
 """
 import io
 import tarfile
