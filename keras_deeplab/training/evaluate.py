@@ -1,0 +1,174 @@
+"""Evaluation: mean IoU from a confusion matrix accumulated over whole images, at one or several scales with
+optional left-right flipping (class probabilities averaged), as in the paper's Table 6.
+
+    deeplab evaluate --model runs/camvid/model.keras --data_dir data/camvid --split val
+    deeplab evaluate --model runs/voc --data_dir data/voc --output_stride 8 --multi_scale --flip
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info
+from keras_deeplab.training.callbacks import MODEL_FILE
+
+PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+def make_predictor(model, scales=(1.0,), flip=False):
+    """A tf.function mapping images [N, H, W, 3] to class probabilities [N, H, W, C]: the softmax of the model's
+    logits, averaged over the input rescaled by each of `scales` (logits resized back to H, W) and, with
+    `flip`, over the left-right flipped inputs too."""
+    scales = tuple(float(s) for s in scales)
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive numbers, got {scales}")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)], reduce_retracing=True)
+    def predict(images):
+        size = tf.shape(images)[1:3]
+        total = None
+        for scale in scales:
+            scaled_size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+            scaled = images if scale == 1 else tf.image.resize(images, scaled_size, method="bilinear")
+            for flipped in (False, True) if flip else (False,):
+                logits = tf.cast(model(tf.reverse(scaled, [2]) if flipped else scaled, training=False), tf.float32)
+                if flipped:
+                    logits = tf.reverse(logits, [2])
+                if scale != 1:
+                    logits = tf.image.resize(logits, size, method="bilinear")
+                probabilities = tf.nn.softmax(logits)
+                total = probabilities if total is None else total + probabilities
+        return total / (len(scales) * (2 if flip else 1))
+
+    return predict
+
+
+def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
+    """[num_classes, num_classes] int64 counts (rows: true class, columns: predicted), `ignore_label` dropped."""
+    labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
+    predictions = tf.reshape(tf.cast(predictions, tf.int64), [-1])
+    valid = tf.not_equal(labels, ignore_label)
+    return tf.math.confusion_matrix(tf.boolean_mask(labels, valid), tf.boolean_mask(predictions, valid),
+                                    num_classes=num_classes, dtype=tf.int64)
+
+
+def iou_report(confusion, class_names):
+    """Per-class IoU (None for classes absent from both labels and predictions), mean IoU over the others and
+    pixel accuracy, from a confusion matrix."""
+    confusion = np.asarray(confusion, dtype=np.int64)
+    true_positives = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - true_positives
+    present = union > 0
+    iou = np.divide(true_positives, union, out=np.zeros_like(true_positives), where=present)
+    total = confusion.sum()
+    return {
+        "mean_iou": float(iou[present].mean()) if present.any() else 0.0,
+        "pixel_accuracy": float(true_positives.sum() / total) if total else 0.0,
+        "per_class_iou": {name: (float(v) if p else None) for name, v, p in zip(class_names, iou, present)},
+        "num_pixels": int(total),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def evaluate(model, data_dir, split="val", scales=(1.0,), flip=False, *, output_stride=None, resize=None,
+             max_images=None, progress=True):
+    """Evaluates `model` on the whole images of `split` of the prepared dataset at `data_dir` and returns a
+    report: mean_iou, pixel_accuracy, per_class_iou {class name: IoU or None}, confusion_matrix and the
+    settings. `output_stride` evaluates a copy of a DeepLabV3 at that stride (train at 16, evaluate at 8);
+    `resize` rescales the images and labels as the dataset's pipeline does (e.g. 0.5 for the CamVid demo)."""
+    info = load_dataset_info(data_dir)
+    if split not in info["splits"]:
+        raise ValueError(f"split {split!r} is not in {data_dir} (splits: {sorted(info['splits'])})")
+    if output_stride is not None and output_stride != getattr(model, "output_stride", output_stride):
+        model = model.with_output_stride(int(output_stride))
+    num_classes, ignore_label = int(info["num_classes"]), int(info["ignore_label"])
+    predict = make_predictor(model, scales, flip)
+
+    @tf.function(reduce_retracing=True)
+    def image_confusion(images, labels):
+        return confusion_matrix(labels, tf.argmax(predict(images), axis=-1), num_classes, ignore_label)
+
+    dataset = eval_dataset(data_dir, split, batch_size=1, resize=resize)
+    total = int(info["splits"][split])
+    if max_images is not None:
+        dataset, total = dataset.take(int(max_images)), min(total, int(max_images))
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    count, start = 0, time.perf_counter()
+    for images, labels in tqdm(dataset, total=total, desc=f"evaluate {split}", unit="img", disable=not progress):
+        confusion += image_confusion(images, labels).numpy()
+        count += int(images.shape[0])
+    report = iou_report(confusion, info["class_names"])
+    report.update(dataset=info["name"], split=split, num_images=count, scales=[float(s) for s in scales],
+                  flip=bool(flip), output_stride=getattr(model, "output_stride", None), resize=resize,
+                  seconds=round(time.perf_counter() - start, 2))
+    return report
+
+
+def format_report(report):
+    """A readable table of per-class IoU, mean IoU and pixel accuracy (percent)."""
+    settings = (f"{report['dataset']} {report['split']}: {report['num_images']} images, scales "
+                f"{report['scales']}, flip {report['flip']}, output stride {report['output_stride']}")
+    width = max(len(name) for name in report["per_class_iou"])
+    lines = [settings]
+    for name, iou in report["per_class_iou"].items():
+        lines.append(f"  {name:<{width}}  {'   n/a' if iou is None else f'{100 * iou:6.2f}'}")
+    lines.append(f"  {'mIoU':<{width}}  {100 * report['mean_iou']:6.2f}")
+    lines.append(f"  {'pixel acc':<{width}}  {100 * report['pixel_accuracy']:6.2f}")
+    return "\n".join(lines)
+
+
+def load_model(path):
+    """Loads a saved `.keras` model (or `<dir>/model.keras`) for inference."""
+    import keras
+
+    import keras_deeplab  # noqa: F401  (registers the model's layers)
+
+    if os.path.isdir(path):
+        path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no saved model at {path}")
+    return keras.models.load_model(path, compile=False)
+
+
+def _scales(text):
+    try:
+        return tuple(float(s) for s in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--scales must be comma-separated numbers, got {text!r}") from err
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="deeplab evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a .keras file, or a training model_dir holding model.keras")
+    parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--scales", type=_scales, default=(1.0,), help="comma-separated input scales (default 1)")
+    parser.add_argument("--multi_scale", action="store_true", help=f"use the paper's scales {PAPER_SCALES}")
+    parser.add_argument("--flip", action="store_true", help="also average over left-right flipped inputs")
+    parser.add_argument("--output_stride", type=int, choices=(8, 16, 32), help="evaluate at this output stride")
+    parser.add_argument("--resize", type=float, help="rescale images and labels first (as in training's data.resize)")
+    parser.add_argument("--max_images", type=int, help="evaluate only the first N images")
+    parser.add_argument("--output", help="JSON report path (default: eval_<split>.json beside the model)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None):
+    """`deeplab evaluate`: prints per-class IoU and mIoU and writes the report as JSON."""
+    args = _parser().parse_args(argv)
+    model = load_model(args.model)
+    report = evaluate(model, args.data_dir, args.split, PAPER_SCALES if args.multi_scale else args.scales,
+                      args.flip, output_stride=args.output_stride, resize=args.resize,
+                      max_images=args.max_images, progress=not args.no_progress)
+    print(format_report(report))
+    model_dir = args.model if os.path.isdir(args.model) else os.path.dirname(os.path.abspath(args.model))
+    output = args.output or os.path.join(model_dir, f"eval_{args.split}.json")
+    with open(output, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"report written to {output}")
+    return 0

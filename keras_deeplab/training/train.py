@@ -1,0 +1,242 @@
+"""Training: `model.fit` of a DeepLabV3 under a tf.distribute strategy, driven by a YAML config.
+
+    deeplab train --config training/configs/camvid_demo.yaml --data_dir data/camvid --model_dir runs/demo
+    deeplab train --config training/configs/voc_train_aug.yaml --data_dir data/voc --model_dir runs/voc \\
+        --set train.steps=60000 --set model.synchronized_bn=true
+
+A config has five sections (see DEFAULTS, the paper's PASCAL VOC setting); a config file may name a `base:`
+config (path relative to it) whose values it overrides. Batch size, learning rate and steps are global (the
+strategy splits each batch across replicas). `<model_dir>` receives model.keras (best by val mIoU, or the
+final model without validation), log.csv, TensorBoard logs/, config.yaml, and backup/ while unfinished: run
+the same command again after a crash to resume from the last finished epoch.
+"""
+import argparse
+import copy
+import math
+import os
+import sys
+
+import keras
+import yaml
+
+from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, train_dataset
+from keras_deeplab.model import DeepLabV3
+from keras_deeplab.training import multi_worker
+from keras_deeplab.training.callbacks import MODEL_FILE, TrainingDivergedError, training_callbacks
+from keras_deeplab.training.evaluate import load_model
+from keras_deeplab.training.recipe import compile_model, freeze_batch_norm
+from keras_deeplab.training.strategy import get_strategy
+
+EXIT_DIVERGED = 3
+
+DEFAULTS = {
+    # Keyword arguments of DeepLabV3 (num_classes comes from the dataset).
+    "model": {"backbone": "resnet101", "output_stride": 16, "multi_grid": [1, 2, 4], "atrous_rates": None,
+              "image_pooling": True, "aspp_filters": 256, "aspp_dropout": 0.0, "head_conv": False,
+              "preprocessing": "auto", "backbone_weights": None, "bn_momentum": 0.9997, "synchronized_bn": False,
+              "atrous_implementation": "auto"},
+    # Training input (keras_deeplab.data.pipeline.train_dataset); resize rescales every image first.
+    "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0, "flip": True,
+             "resize": None, "shuffle_buffer": 256},
+    # Global batch size and steps; poly learning rate lr * (1 - step / steps) ** lr_power.
+    "train": {"batch_size": 16, "steps": 30000, "steps_per_epoch": 1000, "learning_rate": 0.007,
+              "lr_power": 0.9, "end_learning_rate": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
+              "freeze_bn": False, "init_checkpoint": None, "mixed_precision": None, "jit_compile": "auto",
+              "seed": None, "tensorboard": True},
+    # Validation after every epoch (single scale, whole images); split null trains without validation.
+    "eval": {"split": "val", "max_images": None},
+    # strategy: auto | default | mirrored | multi_worker | tpu; logical_cpus splits the CPU (for tests).
+    "distribute": {"strategy": "auto", "logical_cpus": None},
+}
+MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+
+
+def merge_config(base, update, source="config"):
+    """`base` updated by the sections and keys of `update`; unknown sections or keys raise, naming them."""
+    merged = copy.deepcopy(base)
+    for section, values in (update or {}).items():
+        if section not in merged:
+            raise ValueError(f"{source}: unknown section {section!r}; expected one of {sorted(merged)}")
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        for key, value in values.items():
+            if key not in merged[section]:
+                raise ValueError(f"{source}: unknown key {section}.{key}; "
+                                 f"{section} has {sorted(merged[section])}")
+            merged[section][key] = value
+    return merged
+
+
+def read_config_file(path):
+    """The sections of a YAML config file, with its `base:` chain resolved (later files override)."""
+    with open(path) as f:
+        content = yaml.safe_load(f) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections")
+    base = content.pop("base", None)
+    if base is None:
+        return content
+    parent = read_config_file(os.path.join(os.path.dirname(os.path.abspath(path)), base))
+    for section, values in content.items():
+        parent.setdefault(section, {}).update(values or {})
+    return parent
+
+
+def parse_override(text):
+    """`"section.key=value"` -> {section: {key: value}}, the value parsed as YAML (`train.steps=100`)."""
+    name, sep, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise ValueError(f"override {text!r} must look like section.key=value, e.g. train.steps=100")
+    return {section: {key: yaml.safe_load(value)}}
+
+
+def load_config(path=None, overrides=()):
+    """DEFAULTS, updated by the config file at `path` (if any), then by `overrides` ("section.key=value")."""
+    config = merge_config(DEFAULTS, read_config_file(path), path) if path else copy.deepcopy(DEFAULTS)
+    for text in overrides:
+        config = merge_config(config, parse_override(text), f"override {text!r}")
+    return check_config(config)
+
+
+def check_config(config):
+    """Validates a full config and normalizes crop_size to [height, width]; returns it."""
+    train, data = config["train"], config["data"]
+    for key in ("batch_size", "steps", "steps_per_epoch"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    if train["steps"] % min(train["steps_per_epoch"], train["steps"]):
+        raise ValueError(f"train.steps ({train['steps']}) must be a multiple of train.steps_per_epoch "
+                         f"({train['steps_per_epoch']})")
+    if train["mixed_precision"] not in MIXED_PRECISION:
+        raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train['mixed_precision']!r}")
+    crop = data["crop_size"]
+    crop = [crop, crop] if isinstance(crop, int) else list(crop)
+    if len(crop) != 2 or not all(isinstance(c, int) and c > 0 for c in crop):
+        raise ValueError(f"data.crop_size must be a positive int or [height, width], got {data['crop_size']!r}")
+    data["crop_size"] = crop
+    return config
+
+
+def resolve_config(config):
+    """A full, checked config from a possibly partial dict of sections (missing keys take DEFAULTS)."""
+    return check_config(merge_config(DEFAULTS, config))
+
+
+def build_model(model_config, num_classes, train_config):
+    """The DeepLabV3 of `model_config` (under the mixed-precision policy, if any), with the weights of
+    `train.init_checkpoint` when given (e.g. an OS16 model to fine-tune at OS8) and BatchNorm frozen if asked."""
+    policy = keras.config.dtype_policy()
+    if train_config["mixed_precision"]:
+        keras.config.set_dtype_policy(train_config["mixed_precision"])
+    try:
+        model = DeepLabV3(num_classes, **model_config)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    if train_config["init_checkpoint"]:
+        source = load_model(train_config["init_checkpoint"])
+        try:
+            model.set_weights(source.get_weights())
+        except ValueError as err:
+            raise ValueError(f"train.init_checkpoint {train_config['init_checkpoint']}: its weights do not fit "
+                             f"the configured model ({err})") from err
+    if train_config["freeze_bn"]:
+        freeze_batch_norm(model)
+    return model
+
+
+def train(config, data_dir, model_dir, *, verbose=1):
+    """Trains the DeepLabV3 described by `config` (sections as in DEFAULTS, missing keys defaulted) on the
+    prepared dataset at `data_dir`, writing to `model_dir`; resumes an interrupted run in the same model_dir.
+    Returns (model, history); the model carries the weights saved as `<model_dir>/model.keras` (best val mIoU,
+    or final without validation). Raises TrainingDivergedError when the loss becomes NaN or infinite."""
+    config = resolve_config(config)
+    model_cfg, data_cfg, train_cfg, eval_cfg = (config[k] for k in ("model", "data", "train", "eval"))
+    strategy = get_strategy(config["distribute"]["strategy"], config["distribute"]["logical_cpus"])
+    info = load_dataset_info(data_dir)
+    replicas = strategy.num_replicas_in_sync
+    if train_cfg["batch_size"] % replicas:
+        raise ValueError(f"train.batch_size {train_cfg['batch_size']} must be divisible by the {replicas} replicas")
+    if verbose:
+        print(f"deeplab train: {type(strategy).__name__} with {replicas} replica(s), global batch "
+              f"{train_cfg['batch_size']}, {train_cfg['steps']} steps")
+    validate = eval_cfg["split"] is not None
+    if validate and eval_cfg["split"] not in info["splits"]:
+        raise ValueError(f"eval.split {eval_cfg['split']!r} is not in {data_dir} (splits: {sorted(info['splits'])}); "
+                         "set eval.split=null to train without validation")
+    if train_cfg["seed"] is not None:
+        keras.utils.set_random_seed(train_cfg["seed"])
+    run_dir = multi_worker.worker_dir(model_dir, strategy)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        dataset = {k: info[k] for k in ("name", "num_classes", "class_names", "ignore_label")}
+        yaml.safe_dump({**config, "dataset": dataset}, f, sort_keys=False)
+
+    with strategy.scope():
+        model = build_model(model_cfg, info["num_classes"], train_cfg)
+        compile_model(model, num_classes=info["num_classes"], steps=train_cfg["steps"],
+                      learning_rate=train_cfg["learning_rate"], lr_power=train_cfg["lr_power"],
+                      end_learning_rate=train_cfg["end_learning_rate"], momentum=train_cfg["momentum"],
+                      weight_decay=train_cfg["weight_decay"], ignore_label=info["ignore_label"],
+                      jit_compile=train_cfg["jit_compile"])
+    multi_worker.patch_model(model, strategy)
+
+    train_data = train_dataset(
+        data_dir, data_cfg["train_split"], batch_size=train_cfg["batch_size"], crop_size=data_cfg["crop_size"],
+        min_scale=data_cfg["min_scale"], max_scale=data_cfg["max_scale"], flip=data_cfg["flip"],
+        ignore_label=info["ignore_label"], shuffle_buffer=data_cfg["shuffle_buffer"], seed=train_cfg["seed"],
+        resize=data_cfg["resize"])
+    val_data = val_steps = None
+    if validate:
+        # One whole image per replica (eval_dataset pads different sizes within a batch with the ignore label).
+        val_data = eval_dataset(data_dir, eval_cfg["split"], batch_size=replicas, resize=data_cfg["resize"])
+        val_images = min(info["splits"][eval_cfg["split"]], eval_cfg["max_images"] or math.inf)
+        val_steps = math.ceil(val_images / replicas)
+
+    steps_per_epoch = min(train_cfg["steps_per_epoch"], train_cfg["steps"])
+    history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_data, validation_steps=val_steps, verbose=verbose,
+                        callbacks=training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"]))
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    if validate and os.path.exists(model_path):
+        model.load_weights(model_path)
+    else:
+        model.save(model_path)
+    return model, history
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="deeplab train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (training/configs/*.yaml); default: the paper's VOC setting")
+    parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
+    parser.add_argument("--model_dir", required=True, help="output directory; rerun with it to resume")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value (YAML syntax), e.g. --set train.steps=100; repeatable")
+    for flag, key, kind in (("--steps", "train.steps", int), ("--batch_size", "train.batch_size", int),
+                            ("--learning_rate", "train.learning_rate", float), ("--seed", "train.seed", int)):
+        parser.add_argument(flag, type=kind, help=f"same as --set {key}=VALUE")
+    parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="0 silent, 1 progress bar (default), 2 one line per epoch")
+    return parser
+
+
+def main(argv=None):
+    """`deeplab train`: 0 on success, 2 on a bad config, 3 when training diverged (NaN loss)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"),
+                      ("learning_rate", "train.learning_rate"), ("seed", "train.seed")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    try:
+        config = load_config(args.config, overrides)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    try:
+        train(config, args.data_dir, args.model_dir, verbose=args.verbose)
+    except TrainingDivergedError as err:
+        print(f"deeplab train: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return 0
