@@ -1,0 +1,348 @@
+"""TensorFlow Serving's REST JSON <-> numpy tensors (the rules of tensorflow_serving/util/json_tensor.cc).
+
+Requests: an object with exactly one of `instances` (row format: a non-empty list, one entry per batch item)
+or `inputs` (columnar: a value, or an object keyed by input name), and an optional `signature_name`.
+`{"b64": "..."}` stands for bytes (standard base64 alphabet) and is allowed only for DT_STRING inputs.
+Responses: `{"predictions": [...]}` for row requests, `{"outputs": ...}` for columnar ones; DT_STRING outputs
+whose name ends in `_bytes` are written as `{"b64": "..."}`; floats print with 6 (float32) or 15 (float64)
+significant digits unless more are needed to round-trip; NaN and Infinity are bare tokens.
+
+This module needs only numpy and the standard library, so clients and tests can use it without TensorFlow.
+"""
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_SIGNATURE = "serving_default"
+
+# The dtypes TF Serving's JSON codec reads and writes; any other one is answered with 501.
+NUMPY_DTYPES = {
+    "DT_FLOAT": np.dtype(np.float32),
+    "DT_DOUBLE": np.dtype(np.float64),
+    "DT_INT8": np.dtype(np.int8),
+    "DT_INT16": np.dtype(np.int16),
+    "DT_INT32": np.dtype(np.int32),
+    "DT_INT64": np.dtype(np.int64),
+    "DT_UINT8": np.dtype(np.uint8),
+    "DT_UINT16": np.dtype(np.uint16),
+    "DT_UINT32": np.dtype(np.uint32),
+    "DT_UINT64": np.dtype(np.uint64),
+    "DT_BOOL": np.dtype(np.bool_),
+    "DT_STRING": np.dtype(object),
+}
+JSON_DTYPES = frozenset(NUMPY_DTYPES)
+
+# (significant digits tried first, digits that always round-trip) per float width, as TF's FloatToBuffer.
+_FLOAT_DIGITS = {np.dtype(np.float32): (6, 9), np.dtype(np.float64): (15, 17)}
+
+
+class ServingError(Exception):
+    """A request that cannot be served: `status` is the HTTP status code, `message` the `{"error": ...}` text."""
+
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class PredictRequest:
+    """A parsed predict body: which signature, which format, and the raw JSON of its data."""
+
+    signature_name: str
+    row_format: bool
+    data: Any
+
+
+def parse_predict_body(body):
+    """Parses a predict request body (bytes or str) into a PredictRequest, or raises ServingError (400)."""
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise ServingError(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
+    except UnicodeDecodeError as error:
+        raise ServingError(f"JSON Parse error: body is not UTF-8 text ({error.reason})") from None
+    if not isinstance(document, dict):
+        raise ServingError(f"JSON Parse error: the request body must be a JSON object, got {_json_type(document)}")
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances == has_inputs:
+        if has_instances:
+            raise ServingError("Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists")
+        raise ServingError("Missing 'inputs' or 'instances' key")
+    signature_name = document.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature_name, str):
+        raise ServingError(f"'signature_name' key must be a string value, got {_json_type(signature_name)}")
+    return PredictRequest(signature_name, has_instances, document["instances" if has_instances else "inputs"])
+
+
+def request_tensors(request, input_dtypes):
+    """The input arrays of `request` for a signature whose inputs are `input_dtypes` ({name: "DT_..."}).
+
+    Raises ServingError (400) on a wrong structure, name, type or shape, and (501) on an input dtype that JSON
+    cannot carry.
+    """
+    for name, dtype in input_dtypes.items():
+        if dtype not in NUMPY_DTYPES:
+            raise ServingError(f"Input tensor {name!r} has type {dtype}, which the JSON API does not support", 501)
+    names = sorted(input_dtypes)
+    if request.row_format:
+        return _row_tensors(request.data, names, input_dtypes)
+    return _columnar_tensors(request.data, names, input_dtypes)
+
+
+def _row_tensors(instances, names, input_dtypes):
+    if not isinstance(instances, list) or not instances:
+        raise ServingError("Expecting 'instances' to be a non-empty list/array")
+    if not _is_named_object(instances[0]):
+        if len(names) != 1:
+            raise ServingError("instances is a plain list, but expecting list of objects as multiple input tensors "
+                               f"required as per tensorinfo_map (inputs: {', '.join(names)})")
+        return {names[0]: to_array(instances, input_dtypes[names[0]], "'instances'")}
+    for index, instance in enumerate(instances):
+        if not _is_named_object(instance):
+            raise ServingError(f"Failed to process element: {index} of 'instances' list. Error: expecting an object "
+                               f"keyed by input name like element 0, got {_json_type(instance)}")
+        missing = [name for name in names if name not in instance]
+        unexpected = sorted(set(instance) - set(names))
+        if missing or unexpected:
+            problem = (f"JSON object: does not have named input: {missing[0]}" if missing
+                       else f"JSON object: has unexpected input: {unexpected[0]}")
+            raise ServingError(f"Failed to process element: {index} of 'instances' list. Error: {problem} "
+                               f"(the signature's inputs are: {', '.join(names)})")
+    return {name: to_array([instance[name] for instance in instances], input_dtypes[name], f"'instances' key {name}")
+            for name in names}
+
+
+def _columnar_tensors(inputs, names, input_dtypes):
+    if _is_named_object(inputs):
+        for name in names:
+            if name not in inputs:
+                raise ServingError(f"Missing named input: {name} in 'inputs' object "
+                                   f"(the signature's inputs are: {', '.join(names)})")
+        return {name: to_array(inputs[name], input_dtypes[name], f"'inputs' key {name}") for name in names}
+    if len(names) != 1:
+        raise ServingError("'inputs' is not an object, but the signature has several inputs: " + ", ".join(names))
+    return {names[0]: to_array(inputs, input_dtypes[names[0]], "'inputs'")}
+
+
+def to_array(value, dtype_name, where="input"):
+    """Converts nested JSON lists to a numpy array of the TF dtype `dtype_name`, checking every element's type."""
+    if dtype_name == "DT_STRING":
+        return _regular_array(_decode_strings(value), where, dtype=object)
+    target = NUMPY_DTYPES[dtype_name]
+    array = _regular_array(value, where)
+    if array.size == 0:
+        return array.astype(target)
+    kind = array.dtype.kind
+    if target.kind == "b":
+        accepted = kind == "b"
+    elif target.kind in "iu":
+        accepted = kind in "iu"
+    else:
+        accepted = kind in "iuf"
+    if not accepted:
+        bad = _first_element(value, lambda v: not _json_matches(v, target))
+        if bad is _NOT_FOUND:  # integers too large for any fixed-width type
+            raise ServingError(f"{where}: a value is out of range for type: {_type_name(target)}")
+        raise _type_error(bad, target)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = array.min(), array.max()
+        if low < info.min or high > info.max:
+            bad = int(low) if low < info.min else int(high)
+            raise ServingError(f"JSON Value: {bad} is out of range for type: {_type_name(target)} in {where}")
+    return array.astype(target)
+
+
+def _regular_array(value, where, dtype=None):
+    """`np.array(value)`, but a ragged nesting (items of different shapes) is a clear 400, not an object array."""
+    try:
+        array = np.array(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    # numpy refuses ragged numbers itself; object arrays (strings, mixed values) may hide a ragged nesting.
+    if array is None or (array.dtype == object and array.shape != _nested_shape(value)):
+        raise ServingError(f"{where}: all elements must be lists of the same shape (a tensor), or values of one "
+                           "type; got nested lists of different lengths or mixed types")
+    return array
+
+
+def _nested_shape(value):
+    """The shape a regular nesting of lists has, or None if the nesting is ragged."""
+    if not isinstance(value, list):
+        return ()
+    if not value:
+        return (0,)
+    shapes = {_nested_shape(item) for item in value}
+    if len(shapes) != 1 or None in shapes:
+        return None
+    return (len(value),) + shapes.pop()
+
+
+def _decode_strings(value):
+    """Nested JSON strings / `{"b64": ...}` objects -> the same nesting of bytes."""
+    if isinstance(value, list):
+        return [_decode_strings(item) for item in value]
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ServingError(f"Unable to base64 decode: {_preview(value['b64'])} (expected the standard "
+                               "alphabet A-Z a-z 0-9 + / with = padding; URL-safe base64 is not accepted)") from None
+    raise _type_error(value, NUMPY_DTYPES["DT_STRING"])
+
+
+def _json_matches(value, target):
+    if isinstance(value, bool):
+        return target.kind == "b"
+    if isinstance(value, int):
+        return target.kind in "iuf"
+    if isinstance(value, float):
+        return target.kind == "f"
+    return False
+
+
+def _first_element(value, is_bad):
+    """The first leaf of a nesting of lists for which `is_bad` holds (the value itself if it is not a list)."""
+    if isinstance(value, list):
+        for item in value:
+            found = _first_element(item, is_bad)
+            if found is not _NOT_FOUND:
+                return found
+        return _NOT_FOUND
+    return value if is_bad(value) else _NOT_FOUND
+
+
+_NOT_FOUND = object()
+
+
+def _type_error(value, target):
+    return ServingError(f"JSON Value: {_preview(json.dumps(value))} Type: {_json_type(value)} "
+                        f"is not of expected type: {_type_name(target)}")
+
+
+def _type_name(dtype):
+    return "string" if dtype == np.dtype(object) else {"float32": "float", "float64": "double"}.get(dtype.name,
+                                                                                                    dtype.name)
+
+
+def _json_type(value):
+    if isinstance(value, bool):
+        return "Bool"
+    if isinstance(value, (int, float)):
+        return "Number"
+    if isinstance(value, str):
+        return "String"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, dict):
+        return "Object"
+    return "Null"
+
+
+def _is_named_object(value):
+    return isinstance(value, dict) and not (set(value) == {"b64"})
+
+
+def _preview(text, limit=80):
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def predict_response(outputs, row_format):
+    """The JSON text answering a predict request: `outputs` maps output names to arrays."""
+    names = sorted(outputs)
+    if not row_format:
+        if len(names) == 1:
+            return '{"outputs":' + encode_tensor(outputs[names[0]], names[0]) + "}"
+        return '{"outputs":{' + ",".join(f"{json.dumps(n)}:{encode_tensor(outputs[n], n)}" for n in names) + "}}"
+    batch = None
+    for name in names:
+        shape = np.shape(outputs[name])
+        if not shape:
+            raise ServingError(f"Tensor name: {name} has no batch dimension; use the columnar ('inputs') format")
+        if batch is None:
+            batch = shape[0]
+        elif shape[0] != batch:
+            raise ServingError(f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch}")
+    if len(names) == 1:
+        items = _encode_items(outputs[names[0]], names[0])
+    else:
+        columns = {name: _encode_items(outputs[name], name) for name in names}
+        items = ["{" + ",".join(f"{json.dumps(name)}:{columns[name][i]}" for name in names) + "}"
+                 for i in range(batch)]
+    return '{"predictions":[' + ",".join(items) + "]}"
+
+
+def _encode_items(array, name):
+    """The JSON text of each batch item of `array` (dim 0)."""
+    return [encode_tensor(item, name) for item in np.asarray(array)]
+
+
+def encode_tensor(array, name=""):
+    """The JSON text of one tensor (nested lists); `name` decides whether bytes are written as b64."""
+    array = np.asarray(array)
+    kind = array.dtype.kind
+    if kind in "iub":
+        return json.dumps(array.tolist(), separators=(",", ":"))
+    if kind == "f":
+        return _nest(_float_strings(array))
+    if kind in "OSU":
+        if name.endswith("_bytes"):
+            encode = _b64_json
+        else:
+            encode = _text_json
+        strings = np.frompyfunc(encode, 1, 1)(array) if array.ndim else np.array(encode(array.item()), dtype=object)
+        return _nest(np.asarray(strings, dtype=object))
+    raise ServingError(f"Output tensor {name!r} has dtype {array.dtype}, which the JSON API does not support", 501)
+
+
+def _b64_json(value):
+    return '{"b64":"' + base64.b64encode(_as_bytes(value)).decode("ascii") + '"}'
+
+
+def _text_json(value):
+    return json.dumps(_as_bytes(value).decode("utf-8", errors="replace"))
+
+
+def _as_bytes(value):
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+def _float_strings(array):
+    """Each float as TF Serving prints it: `%.6g` (float32) unless more digits are needed to round-trip."""
+    short, full = _FLOAT_DIGITS.get(array.dtype, (15, 17))
+    if array.dtype not in _FLOAT_DIGITS:
+        array = array.astype(np.float64)
+    flat = array.ravel()
+    strings = np.char.mod(f"%.{short}g", flat).astype("<U32")
+    finite = np.isfinite(flat)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inexact = finite & (strings.astype(array.dtype) != flat)
+    if inexact.any():
+        strings[inexact] = np.char.mod(f"%.{full}g", flat[inexact])
+    if not finite.all():
+        strings[np.isnan(flat)] = "NaN"
+        strings[np.isposinf(flat)] = "Infinity"
+        strings[np.isneginf(flat)] = "-Infinity"
+    return strings.reshape(array.shape)
+
+
+def _nest(strings):
+    """Joins an array of JSON element texts into nested JSON lists."""
+    if strings.ndim == 0:
+        return str(strings.item())
+    if strings.ndim == 1:
+        return "[" + ",".join(strings.tolist()) + "]"
+    return "[" + ",".join(_nest(row) for row in strings) + "]"
+
+
+def error_body(message):
+    """The JSON text of an error reply."""
+    return json.dumps({"error": message})
+

@@ -1,0 +1,220 @@
+"""`deeplab serve`: TensorFlow Serving's REST API for SavedModels, on Starlette + uvicorn.
+
+Serves what `tensorflow_model_server --rest_api_port` serves, through the same TF1 Session path:
+`POST /v1/models/{name}[/versions/{n}|/labels/{label}]:predict` (row and columnar formats, b64, signature_name),
+`GET /v1/models/{name}[/versions/{n}]` (status) and `GET .../metadata`, with TF Serving's status codes and
+`{"error": ...}` bodies. The newest version is served (or the versions a models.config asks for); new version
+folders are picked up while running. Sessions run in a thread pool. Bodies above `--max_body_bytes` get 413.
+
+It needs only the SavedModel: nothing here imports the model or training code.
+"""
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from keras_deeplab.serving.json_tensor import (ServingError, error_body, parse_predict_body, predict_response,
+                                               request_tensors)
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# After the limit, at most this much more of a body is read (and dropped) so the client still gets the 413.
+_DRAIN_BYTES = 64 * 1024 * 1024
+
+_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
+                   r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+                   r"(?P<suffix>/metadata|:predict|:classify|:regress)?$")
+
+log = logging.getLogger("keras_deeplab.serving")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8):
+    """The ASGI app answering TF Serving's REST API for the models of a `ModelManager`.
+
+    The manager is started (first poll, then background polling) when the app starts and stopped with it.
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    executor = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predict")
+
+    def json_response(text, status=200):
+        return Response(text, status_code=status, media_type="application/json")
+
+    async def dispatch(request):
+        try:
+            return await _handle(request)
+        except ServingError as error:
+            return json_response(error_body(error.message), error.status)
+        except Exception as error:  # noqa: BLE001 - answer, log, and stay up
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return json_response(error_body(f"Internal error: {type(error).__name__}: {error}"), 500)
+
+    async def _handle(request):
+        path = request.url.path
+        match = _PATH.match(path)
+        if not path.startswith("/v1/"):
+            raise ServingError(f"Not found: {request.method} {path} (the REST API lives under /v1/models/)", 404)
+        if match is None:
+            raise ServingError(f"Malformed request: {request.method} {path}")
+        suffix = match["suffix"]
+        version = int(match["version"]) if match["version"] is not None else None
+        label = match["label"]
+        model = manager.model(match["name"])
+        if request.method == "GET" and suffix is None:
+            return json_response(json.dumps(model.status(version, label)))
+        if request.method == "GET" and suffix == "/metadata":
+            servable = model.acquire(version, label)
+            try:
+                return json_response(_metadata(match["name"], servable))
+            finally:
+                servable.release()
+        if request.method == "POST" and suffix == ":predict":
+            body = await _read_body(request)
+            servable = model.acquire(version, label)
+            try:
+                loop = asyncio.get_running_loop()
+                text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms)
+            finally:
+                servable.release()
+            return json_response(text)
+        if request.method == "POST" and suffix in (":classify", ":regress"):
+            raise ServingError(f"{suffix[1:]} is not supported: the signatures of this model are predict "
+                               "signatures; use :predict")
+        raise ServingError(f"Malformed request: {request.method} {path}")
+
+    async def _read_body(request):
+        declared = request.headers.get("content-length", "")
+        try:
+            if declared.isdigit() and int(declared) > max_body_bytes:
+                raise _TooLarge
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise _TooLarge
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except _TooLarge:
+            drained = 0
+            with contextlib.suppress(Exception):
+                async for chunk in request.stream():
+                    drained += len(chunk)
+                    if drained > _DRAIN_BYTES:
+                        break
+            raise ServingError(f"Request body too large: more than {max_body_bytes} bytes "
+                               "(the server's --max_body_bytes)", 413) from None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await asyncio.get_running_loop().run_in_executor(None, manager.start)
+        try:
+            yield
+        finally:
+            manager.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)], lifespan=lifespan)
+
+
+def _predict(servable, body, timeout_ms):
+    """Parses a predict body, runs the signature and returns the response JSON text (in a worker thread)."""
+    request = parse_predict_body(body)
+    inputs = request_tensors(request, servable.input_dtypes(request.signature_name))
+    outputs = servable.run(request.signature_name, inputs, timeout_ms=timeout_ms)
+    return predict_response(outputs, request.row_format)
+
+
+def _metadata(name, servable):
+    """TF Serving's metadata body: the model spec and every SignatureDef as JSON."""
+    from google.protobuf import json_format
+
+    signatures = {key: json_format.MessageToDict(sig, preserving_proto_field_name=True,
+                                                 always_print_fields_with_no_presence=True)
+                  for key, sig in servable.signature_defs.items()}
+    return json.dumps({"model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
+                       "metadata": {"signature_def": {"signature_def": signatures}}})
+
+
+def _bool(text):
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="deeplab serve",
+        description="Serve SavedModels over TensorFlow Serving's REST API (same flags as tensorflow_model_server).",
+        epilog="The same folder with TensorFlow Serving: docker run --rm -p 8501:8501 "
+               "-v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" -e MODEL_NAME=deeplabv3 tensorflow/serving")
+    parser.add_argument("--model_name", help="model name in URLs (default: the base path's folder name)")
+    parser.add_argument("--model_base_path", help="folder holding numeric version folders")
+    parser.add_argument("--model_config_file", help="a TF Serving models.config (several models / versions)")
+    parser.add_argument("--rest_api_port", type=int, default=8501, help="HTTP port (default: %(default)s)")
+    parser.add_argument("--rest_api_host", default="127.0.0.1",
+                        help="address to bind (default: %(default)s; 0.0.0.0 to accept other machines)")
+    parser.add_argument("--rest_api_num_threads", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
+                        help="threads running predictions (default: %(default)s)")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+                        help="deadline of one prediction, 504 past it (default: %(default)s)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="how often to look for new versions; 0 to look only at start (default: %(default)s)")
+    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="larger request bodies get HTTP 413 (default: %(default)s)")
+    parser.add_argument("--enable_model_warmup", type=_bool, default=True, metavar="true|false",
+                        help="replay assets.extra/tf_serving_warmup_requests when loading (default: true)")
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads inside one op (0: TensorFlow's choice)")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="ops run in parallel (0: TensorFlow's choice)")
+    return parser
+
+
+def main(argv=None):
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if bool(args.model_base_path) == bool(args.model_config_file):
+        raise SystemExit("deeplab serve: give exactly one of --model_base_path and --model_config_file")
+    if args.max_body_bytes < 1:
+        raise SystemExit("deeplab serve: --max_body_bytes must be positive")
+    import tensorflow as tf
+    import uvicorn
+
+    from keras_deeplab.serving.manager import ModelManager
+    from keras_deeplab.serving.model_config import ModelConfig, read_models_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.model_config_file:
+        configs = read_models_config(args.model_config_file)
+    else:
+        base_path = os.path.abspath(args.model_base_path)
+        if not os.path.isdir(base_path):
+            raise SystemExit(f"deeplab serve: --model_base_path {args.model_base_path} is not a folder")
+        configs = [ModelConfig(args.model_name or os.path.basename(base_path), base_path)]
+    session_config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism,
+        inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism)
+    manager = ModelManager(configs, session_config, warmup=args.enable_model_warmup,
+                           poll_seconds=args.file_system_poll_wait_seconds)
+    app = create_app(manager, max_body_bytes=args.max_body_bytes, timeout_ms=args.rest_api_timeout_in_ms,
+                     num_threads=args.rest_api_num_threads)
+    names = ", ".join(c.name for c in configs)
+    log.warning("serving %s at http://%s:%d/v1/models/", names, args.rest_api_host, args.rest_api_port)
+    uvicorn.run(app, host=args.rest_api_host, port=args.rest_api_port, log_level="warning", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
