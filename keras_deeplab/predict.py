@@ -29,7 +29,9 @@ def resolve_version_dir(path, version=None):
     path = Path(path)
     if not path.is_dir():
         raise PredictError(f"model directory not found: {path}")
-    if (path / "saved_model.pb").is_file() and version is None:
+    if (path / "saved_model.pb").is_file():
+        if version is not None:
+            raise PredictError(f"{path} is a SavedModel version folder; --version needs the base folder above it")
         return path
     versions = {int(p.name): p for p in path.iterdir()
                 if p.name.isdigit() and (p / "saved_model.pb").is_file()}
@@ -74,24 +76,29 @@ class SavedModelSegmenter:
 
     def __call__(self, encoded_images):
         """Label maps (int arrays [H, W], one per image, padding cut off) of a list of encoded images."""
-        outputs = self._signature(image_bytes=self._tf.constant(encoded_images, self._tf.string))
+        try:
+            outputs = self._signature(image_bytes=self._tf.constant(encoded_images, self._tf.string))
+        except self._tf.errors.InvalidArgumentError as error:  # e.g. a format the graph cannot decode
+            raise PredictError(f"the SavedModel rejected the input: {error.message.splitlines()[0]}") from error
         labels, sizes = outputs["labels"].numpy(), outputs["image_size"].numpy()
         return [label_map[:height, :width] for label_map, (height, width) in zip(labels, sizes)]
 
 
 class ServingSegmenter:
-    """Asks a TF Serving compatible REST endpoint for the label maps of encoded images."""
+    """Asks a TF Serving compatible REST endpoint (`keras_deeplab.serving.TFServingClient`) for label maps."""
 
-    def __init__(self, url, model_name, version=None):
+    def __init__(self, url, model_name, version=None, batch_size=1):
         from keras_deeplab.serving import TFServingClient
 
-        self._client = TFServingClient(url, model_name, version=version)
+        self._client = TFServingClient(url, model_name, version=version, batch_size=batch_size)
 
     def __call__(self, encoded_images):
+        from keras_deeplab.serving import TFServingError
+
         try:
-            return [np.asarray(labels) for labels in self._client.predict(encoded_images)]
-        except OSError as error:  # connection refused, unknown host, timeouts
-            raise PredictError(f"cannot reach the model server: {error}") from error
+            return self._client.predict(encoded_images)
+        except TFServingError as error:  # unreachable server, unknown model or version, bad request
+            raise PredictError(f"model server: {error}") from error
 
 
 def load_image(path):
@@ -146,13 +153,15 @@ def _run(args):
     _check_inputs(args.images)
     if args.batch_size < 1:
         raise PredictError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise PredictError(f"--alpha must lie in [0, 1], got {args.alpha}")
     info = {}
     if args.model:
         version_dir = resolve_version_dir(args.model, args.version)
         info = read_export_info(version_dir)
         segment = SavedModelSegmenter(version_dir)
     else:
-        segment = ServingSegmenter(args.url, args.model_name, args.version)
+        segment = ServingSegmenter(args.url, args.model_name, args.version, args.batch_size)
     colormap_name = args.colormap or info.get("colormap") or DEFAULT_COLORMAP
     if colormap_name not in viz.COLORMAPS:
         raise PredictError(f"the export info names an unknown colormap {colormap_name!r}; pass --colormap")
@@ -164,7 +173,11 @@ def _run(args):
     for start in range(0, len(args.images), args.batch_size):
         paths = [Path(p) for p in args.images[start:start + args.batch_size]]
         encoded, pixels = zip(*(load_image(p) for p in paths))
-        for path, image, labels in zip(paths, pixels, segment(list(encoded))):
+        try:
+            label_maps = segment(list(encoded))
+        except PredictError as error:
+            raise PredictError(f"{', '.join(map(str, paths))}: {error}") from error
+        for path, image, labels in zip(paths, pixels, label_maps):
             if labels.shape != image.shape[:2]:
                 raise PredictError(f"the model returned labels of size {list(labels.shape)} for {path}, "
                                    f"which is {list(image.shape[:2])}")

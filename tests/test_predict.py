@@ -1,5 +1,10 @@
 """`deeplab predict` on SavedModels with the export's serving contract, run through the CLI."""
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +110,29 @@ def test_missing_and_corrupt_images_are_named(model_base, tmp_path, capsys):
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     assert _predict(corrupt, "--model", model_base, "--out", tmp_path) == 1
     assert f"cannot decode input image {corrupt}" in capsys.readouterr().err
+    same_stem = tmp_path / f"{IMAGES[0].stem}.png"
+    same_stem.write_bytes(IMAGES[0].read_bytes())
+    assert _predict(IMAGES[0], same_stem, "--model", model_base, "--out", tmp_path) == 1
+    assert "would write the same outputs" in capsys.readouterr().err
+
+
+def test_an_image_the_model_cannot_decode_is_named(model_base, tmp_path, capsys):
+    tiff = tmp_path / "frame.tif"  # PIL reads TIFF, TensorFlow's decode_image does not
+    Image.open(IMAGES[1]).save(tiff)
+    assert _predict(tiff, "--model", model_base, "--out", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert f"{tiff}: the SavedModel rejected the input" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("layout, message", [
     ("absent", "model directory not found"),
     ("empty", "no SavedModel in"),
     ("version", "version 7 not found"),
+    ("version_folder", "is a SavedModel version folder"),
 ])
 def test_bad_model_dirs_give_a_clear_error(model_base, tmp_path, capsys, layout, message):
-    model = {"absent": tmp_path / "nothing", "empty": tmp_path, "version": model_base}[layout]
+    model = {"absent": tmp_path / "nothing", "empty": tmp_path, "version": model_base,
+             "version_folder": model_base / "2"}[layout]
     assert _predict(IMAGES[0], "--model", model, "--version", 7, "--out", tmp_path / "out") == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -126,6 +145,69 @@ def test_model_or_url_is_required(capsys):
     assert "--model" in capsys.readouterr().err
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_url(model_base):
+    """`deeplab serve` of `model_base` as "deeplabv3" on a free local port, running until the module ends."""
+    import httpx
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "keras_deeplab.cli", "serve", "--model_base_path", str(model_base),
+               "--model_name", "deeplabv3", "--rest_api_port", str(port), "--file_system_poll_wait_seconds", "0"]
+    server = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"deeplab serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+            try:
+                states = httpx.get(f"{url}/v1/models/deeplabv3", timeout=5).json()["model_version_status"]
+                if {s["version"]: s["state"] for s in states}.get("2") == "AVAILABLE":
+                    break
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("deeplab serve did not make version 2 AVAILABLE within 120 s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_predict_through_a_tf_serving_rest_endpoint(served_url, tmp_path, capsys):
+    for extra in ([], ["--version", 2]):  # the server serves the highest version (R // 64)
+        out = tmp_path / str(len(extra))
+        assert _predict(*IMAGES, "--url", served_url, "--out", out, "--batch_size", 2, *extra) == 0, \
+            capsys.readouterr().err
+        for image_path in IMAGES:
+            labels = np.array(Image.open(out / f"{image_path.stem}_labels.png"))
+            np.testing.assert_array_equal(labels, _red_channel_labels(image_path, 64))
+            assert (out / f"{image_path.stem}_overlay.png").is_file()
+
+
+def test_unreachable_url_or_unknown_model_or_version_gives_a_clear_error(served_url, tmp_path, capsys):
+    assert _predict(IMAGES[0], "--url", f"http://127.0.0.1:{_free_port()}", "--out", tmp_path) == 1
+    assert "cannot reach the server" in capsys.readouterr().err
+    assert _predict(IMAGES[0], "--url", served_url, "--model_name", "other", "--out", tmp_path) == 1
+    assert "HTTP 404" in capsys.readouterr().err
+    # Like TF Serving's default version policy, only the highest version is loaded.
+    assert _predict(IMAGES[0], "--url", served_url, "--version", 1, "--out", tmp_path) == 1
+    assert "Servable not found" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.png"))
+
+
 @pytest.mark.slow
 def test_predict_on_a_real_export_of_a_tiny_deeplabv3(tmp_path):
     import keras
@@ -135,6 +217,12 @@ def test_predict_on_a_real_export_of_a_tiny_deeplabv3(tmp_path):
 
     keras.utils.set_random_seed(0)
     model = DeepLabV3(num_classes=12, backbone="mobilenet_v2", aspp_filters=32)
+    # Untrained, its logits are ~1e-11 (ties everywhere); scale the classifier so that argmax is decisive.
+    first = np.array(Image.open(IMAGES[0]).convert("RGB"))[None].astype(np.float32)
+    scale = float(np.std(model(first, training=False)))
+    classifier = model.get_layer("logits_conv")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel / scale, bias])
     base = tmp_path / "saved_models" / "deeplabv3"
     export_saved_model(model, base, check_images=IMAGES[:1])
     out = tmp_path / "out"
