@@ -22,9 +22,9 @@ def _axis_tap_counts(size, rate, kernel_size):
 
 
 def valid_tap_fractions(feature_size, rate, kernel_size=3):
-    """Fractions f of output positions of a 'same'-padded `kernel_size` x `kernel_size` conv with atrous `rate`
-    on a `feature_size` map (an int S for S x S, or (height, width)) at which exactly n taps fall inside the
-    map, for n = 0 .. kernel_size**2 (f[0] is always 0: the centre tap is always inside). Exact.
+    """Fractions f of output positions of a 'same'-padded `kernel_size` x `kernel_size` conv with atrous
+    `rate` on a `feature_size` map (an int S for S x S, or (height, width)) at which exactly n taps fall
+    inside the map, for n = 0 .. kernel_size**2 (f[0] is always 0: the centre tap is always inside). Exact.
 
     A tap (i, j) is inside iff its row and its column offsets both are, so the count at (y, x) is the product
     of the per-axis counts; the distribution is combined from the two per-axis histograms.
@@ -75,7 +75,8 @@ def parse_rates(text):
             else:
                 rates.add(int(part))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--rates: expected '1-64' or a list like '6,12,18', got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"--rates: expected '1-64' or a list like '6,12,18', got {text!r}") from None
     if not rates or min(rates) < 1:
         raise argparse.ArgumentTypeError(f"--rates: rates must be positive integers, got {text!r}")
     return sorted(rates)
@@ -118,8 +119,8 @@ def plot_fractions(size, rates, kernel_size, path):
 def main(argv):
     parser = argparse.ArgumentParser(
         prog="deeplab analyze-rates",
-        description="Share of a 'same'-padded atrous filter's taps that fall inside the feature map, per rate "
-                    "(DeepLabv3 Figure 4), and the largest useful ASPP rate.")
+        description="Share of a 'same'-padded atrous filter's taps that fall inside the feature map, per "
+                    "rate (DeepLabv3 Figure 4), and the largest useful ASPP rate.")
     parser.add_argument("--crop-size", type=int, default=513, help="input crop size in pixels (default 513)")
     parser.add_argument("--output-stride", type=int, default=8, help="backbone output stride (default 8)")
     parser.add_argument("--rates", type=parse_rates, default=list(range(1, 65)),
@@ -148,6 +149,6 @@ def main(argv):
         plot_fractions(size, args.rates, args.kernel_size, args.plot)
         print(f"plot written to {args.plot}")
     best = suggest_max_rate(args.crop_size, args.output_stride, args.kernel_size, args.min_valid_fraction)
-    print(f"suggested largest rate: {best} (at least {args.min_valid_fraction:.1%} of positions see more than "
-          f"the centre tap)")
+    print(f"suggested largest rate: {best} (at least {args.min_valid_fraction:.1%} of positions see more "
+          f"than the centre tap)")
     return 0

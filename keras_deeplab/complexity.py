@@ -86,7 +86,8 @@ def summary_variants():
     variants = []
     for backbone in ("resnet50", "resnet101", "resnet152", "mobilenet_v2"):
         for output_stride in (8, 16, 32):
-            variants.append((f"{backbone} OS{output_stride}", {"backbone": backbone, "output_stride": output_stride}))
+            kwargs = {"backbone": backbone, "output_stride": output_stride}
+            variants.append((f"{backbone} OS{output_stride}", kwargs))
     for depth in (50, 101):
         variants.append((f"torchvision-compatible R{depth} (v1.5, OS8, head conv, aux head)",
                          {**TORCHVISION_CONFIG, "backbone": f"resnet{depth}_v1.5", "aux_head": True}))
@@ -102,7 +103,8 @@ def summary_table(size=513, num_classes=21):
         trainable, total = count_parameters(model)
         macs = count_macs(model)
         rates = "/".join(str(r) for r in model.atrous_rates)
-        lines.append(f"| {label} | {rates} | {trainable / 1e6:.2f} | {macs / 1e9:.1f} | {2 * macs / 1e9:.1f} |")
+        lines.append(f"| {label} | {rates} | {trainable / 1e6:.2f} | {macs / 1e9:.1f} "
+                     f"| {2 * macs / 1e9:.1f} |")
         del model
         keras.backend.clear_session()
     return "\n".join(lines)
@@ -111,8 +113,8 @@ def summary_table(size=513, num_classes=21):
 def main(argv):
     parser = argparse.ArgumentParser(
         prog="deeplab summary",
-        description="Markdown table of DeepLabV3 variants: trainable parameters and convolution GMACs / GFLOPs "
-                    "(FLOPs = 2 x MACs) for one size x size image.")
+        description="Markdown table of DeepLabV3 variants: trainable parameters and convolution GMACs / "
+                    "GFLOPs (FLOPs = 2 x MACs) for one size x size image.")
     parser.add_argument("--size", type=int, default=513, help="square input size in pixels (default 513)")
     parser.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21)")
     args = parser.parse_args(argv)

@@ -14,7 +14,8 @@ def brute_force_fractions(height, width, rate, kernel_size):
     histogram = np.zeros(kernel_size ** 2 + 1)
     for y in range(height):
         for x in range(width):
-            valid = sum(padded[y + i * rate, x + j * rate] for i in range(kernel_size) for j in range(kernel_size))
+            valid = sum(padded[y + i * rate, x + j * rate]
+                        for i in range(kernel_size) for j in range(kernel_size))
             histogram[valid] += 1
     return histogram / (height * width)
 
@@ -33,7 +34,8 @@ def test_paper_map_and_rectangular_maps_equal_brute_force():
     for rate in (1, 6, 12, 18, 24, 36, 64):
         np.testing.assert_allclose(valid_tap_fractions(65, rate), brute_force_fractions(65, 65, rate, 3),
                                    atol=1e-12)
-    np.testing.assert_allclose(valid_tap_fractions((9, 20), 7, 3), brute_force_fractions(9, 20, 7, 3), atol=1e-12)
+    np.testing.assert_allclose(valid_tap_fractions((9, 20), 7, 3), brute_force_fractions(9, 20, 7, 3),
+                               atol=1e-12)
 
 
 def test_small_rates_keep_all_taps_and_large_rates_only_the_centre():

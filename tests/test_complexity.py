@@ -47,7 +47,8 @@ def test_torchvision_structure_matches_published_figures(depth, params, gflops, 
     model = DeepLabV3(21, backbone=f"resnet{depth}_v1.5", aux_head=True, **TORCHVISION_CONFIG)
     macs = count_macs(model, (520, 520))
     with capsys.disabled():
-        print(f"\ntorchvision-structure R{depth} at 520: {macs / 1e9:.2f} GMACs = {2 * macs / 1e9:.2f} GFLOPs")
+        print(f"\ntorchvision-structure R{depth} at 520: {macs / 1e9:.2f} GMACs "
+              f"= {2 * macs / 1e9:.2f} GFLOPs")
     assert count_parameters(model)[0] == params
     # torchvision's "GFLOPS" are multiply-accumulates: within 1 % of the MAC count, far from 2 * MACs.
     assert macs / 1e9 == pytest.approx(gflops, rel=0.01)

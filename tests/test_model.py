@@ -27,8 +27,9 @@ def random_images(batch, height, width):
 def randomize_weights(model, seed=0):
     """He-scaled kernels and non-trivial BatchNorm statistics.
 
-    Keras' default initializer gives MobileNetV2's depthwise kernels a tiny scale (logits ~1e-12 after 17 blocks),
-    and fresh BatchNorm layers are the identity at inference; both would make output comparisons vacuous.
+    Keras' default initializer gives MobileNetV2's depthwise kernels a tiny scale (logits ~1e-12 after 17
+    blocks), and fresh BatchNorm layers are the identity at inference; both would make output comparisons
+    vacuous.
     """
     rng = np.random.default_rng(seed)
     for layer in model._flatten_layers(include_self=False, recursive=True):
@@ -37,7 +38,8 @@ def randomize_weights(model, seed=0):
         for variable in layer.weights:
             shape, name = tuple(variable.shape), variable.name
             if name == "kernel":
-                fan_in = np.prod(shape[:2]) * (1 if isinstance(layer, keras.layers.DepthwiseConv2D) else shape[2])
+                depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+                fan_in = np.prod(shape[:2]) * (1 if depthwise else shape[2])
                 value = rng.normal(0, np.sqrt(2.0 / fan_in), shape)
             elif name == "gamma":
                 value = rng.uniform(0.5, 1.5, shape)
@@ -95,7 +97,8 @@ def test_resnet_atrous_rates_in_built_layers(output_stride, block3_rate, block4_
     assert unit_rates(model, 4, 6) == [(block3_rate, block3_rate)] * 6
     assert unit_rates(model, 5, 3) == [(r, r) for r in block4_rates]
     assert all(isinstance(model.get_layer(f"conv5_block{u}_2_conv"), AtrousConv2D) for u in (1, 2, 3))
-    stride = {layer.name: layer.strides for layer in model.layers if layer.name.endswith(("_0_conv", "_1_conv"))}
+    stride = {layer.name: layer.strides for layer in model.layers
+              if layer.name.endswith(("_0_conv", "_1_conv"))}
     assert stride["conv4_block1_1_conv"] == ((2, 2) if output_stride >= 16 else (1, 1))
     assert stride["conv5_block1_1_conv"] == ((2, 2) if output_stride == 32 else (1, 1))
     aspp = model.get_layer("aspp")
@@ -207,7 +210,8 @@ def test_gradients_reach_every_trainable_weight(backbone):
 
 def expected_parameters(depth, num_classes=21, aspp_filters=256, n_rates=3):
     """(trainable, total) of a ResNet v1 (conv biases, keras.applications layout) DeepLabV3, counted from the
-    architecture: each conv k*k*cin*cout (+ cout bias), each BatchNorm 2*c trainable + 2*c moving statistics."""
+    architecture: each conv k*k*cin*cout (+ cout bias), each BatchNorm 2*c trainable + 2*c moving
+    statistics."""
     units = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}[depth]
     trainable, bn_channels = 0, 0
 
@@ -247,7 +251,8 @@ def test_parameter_counts_match_the_architecture(depth, capsys):
     model = resnet50(16) if depth == 50 else DeepLabV3(21, backbone="resnet101", output_stride=16)
     trainable, total = count(model.trainable_weights), count(model.weights)
     with capsys.disabled():
-        print(f"\nDeepLabV3 ResNet-{depth} (21 classes, OS16): {trainable:,} trainable, {total:,} total parameters")
+        print(f"\nDeepLabV3 ResNet-{depth} (21 classes, OS16): {trainable:,} trainable, "
+              f"{total:,} total parameters")
     assert (trainable, total) == expected_parameters(depth)
 
 
@@ -271,7 +276,8 @@ JAX_SCRIPT = textwrap.dedent("""
 
 
 def test_jax_backend_forward_matches_tensorflow(tmp_path):
-    """A subprocess with KERAS_BACKEND=jax builds the same model, loads its weights and runs two input sizes."""
+    """A subprocess with KERAS_BACKEND=jax builds the same model, loads its weights and runs two input
+    sizes; its logits must equal TensorFlow's."""
     model = randomize_weights(DeepLabV3(12, **SMALL))
     (tmp_path / "config.json").write_text(json.dumps(model.get_config()))
     model.save_weights(tmp_path / "model.weights.h5")
