@@ -3,6 +3,8 @@
 As in the TF DeepLab model zoo, the inverted-residual blocks whose stride would exceed `output_stride` run
 with stride 1; the block that gives up its stride keeps the previous rate and the blocks after it use the rate
 multiplied by that stride. The features are the 320-channel output of the last block (no final 1280 conv).
+Depthwise kernels start He-normal: Keras' default (Glorot with the depthwise fan) shrinks activations about
+tenfold per block, leaving an untrained model's logits near 1e-12.
 """
 import keras
 
@@ -44,7 +46,8 @@ def mobilenet_v2_features(images, *, output_stride=16, bn_momentum=0.999, synchr
             x = layers.Conv2D(expansion * in_channels, 1, use_bias=False, name=prefix + "expand")(x)
             x = layers.ReLU(6.0, name=prefix + "expand_relu")(bn(prefix + "expand_BN")(x))
         x = layers.DepthwiseConv2D(3, strides=stride, dilation_rate=block_rate if stride == 1 else 1,
-                                   padding="same", use_bias=False, name=prefix + "depthwise")(x)
+                                   padding="same", use_bias=False, depthwise_initializer="he_normal",
+                                   name=prefix + "depthwise")(x)
         x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(bn(prefix + "depthwise_BN")(x))
         x = bn(prefix + "project_BN")(layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x))
         if in_channels == filters and stride == 1:

@@ -76,6 +76,15 @@ class ManagedModel:
                 self._servables[version] = servable
             self._set_state(version, "AVAILABLE")
             log.warning("model %s version %d is available (%s)", self.config.name, version, folders[version])
+        # Availability preserving, as TF Serving's default: old versions go only once a wanted one serves.
+        if any(version in self._servables for version in wanted) or not folders:
+            self._retire_unwanted(wanted)
+        with self._lock:  # forget failures of folders that are gone
+            for version in [v for v in self._failed if v not in folders]:
+                self._failed.pop(version)
+                self._states.pop(version, None)
+
+    def _retire_unwanted(self, wanted):
         for version in list(self._servables):
             if version not in wanted:
                 with self._lock:
@@ -83,10 +92,6 @@ class ManagedModel:
                 servable.retire()
                 self._set_state(version, "END")
                 log.warning("model %s version %d unloaded", self.config.name, version)
-        with self._lock:  # forget failures of folders that are gone
-            for version in [v for v in self._failed if v not in folders]:
-                self._failed.pop(version)
-                self._states.pop(version, None)
 
     def _set_state(self, version, state, error_code="OK", error_message=""):
         with self._lock:

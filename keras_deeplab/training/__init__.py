@@ -1,6 +1,5 @@
-"""Training and evaluation: the paper's recipe (recipe), tf.distribute strategy choice (strategy), callbacks,
-`model.fit` from a config (train) and mIoU evaluation with multi-scale and flip (evaluate)."""
-from keras_deeplab.training.evaluate import evaluate
-from keras_deeplab.training.train import load_config, train
+"""Training and evaluation: the paper's recipe (`recipe`), the tf.distribute strategy (`strategy`, with the
+`multi_worker` workaround), `callbacks`, `model.fit` from a config (`train.train`, `deeplab train`) and mIoU
+evaluation with multi-scale and flip (`evaluate.evaluate`, `deeplab evaluate`).
 
-__all__ = ["evaluate", "load_config", "train"]
+The functions are not re-exported here, so that `keras_deeplab.training.train` and `.evaluate` stay modules."""

@@ -195,7 +195,7 @@ def train(config, data_dir, model_dir, *, verbose=1):
 
     steps_per_epoch = min(train_cfg["steps_per_epoch"], train_cfg["steps"])
     history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_data, validation_steps=val_steps, verbose=verbose,
+                        validation_data=val_data, validation_steps=val_steps, shuffle=False, verbose=verbose,
                         callbacks=training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"]))
     model_path = os.path.join(run_dir, MODEL_FILE)
     if validate and os.path.exists(model_path):
