@@ -1,0 +1,307 @@
+"""Training recipe and evaluation, in process and fast: loss and metrics against NumPy, the poly schedule,
+weight decay, frozen BN, configs, strategy choice, the NaN stop, CSV/backup bookkeeping, multi-scale + flip
+inference and the evaluation report / CLI on a tiny synthetic dataset."""
+import inspect
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers.training_data import CLASS_NAMES, write_synthetic_dataset
+from keras_deeplab import DeepLabV3
+from keras_deeplab.data.pipeline import eval_dataset
+from keras_deeplab.training import callbacks as cb
+from keras_deeplab.training import evaluate as ev
+from keras_deeplab.training import multi_worker, recipe, strategy
+from keras_deeplab.training.train import DEFAULTS, load_config, parse_override, resolve_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
+RNG = np.random.default_rng(0)
+
+
+def numpy_iou(labels, predictions, num_classes, ignore=255):
+    """Per-class IoU (nan where the union is empty) by direct counting."""
+    valid = labels != ignore
+    ious = []
+    for c in range(num_classes):
+        inter = np.sum((labels == c) & (predictions == c) & valid)
+        union = np.sum(((labels == c) | (predictions == c)) & valid)
+        ious.append(inter / union if union else np.nan)
+    return np.array(ious)
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(path)
+    return path
+
+
+def colour_oracle():
+    """A 1x1-conv model that reads the synthetic classes off the colours: logit1 = R - 160, logit2 = B - 160."""
+    images = keras.Input((None, None, 3))
+    conv = keras.layers.Conv2D(3, 1)
+    model = keras.Model(images, conv(images))
+    kernel = np.zeros((1, 1, 3, 3), np.float32)
+    kernel[0, 0, 0, 1] = kernel[0, 0, 2, 2] = 1.0
+    conv.set_weights([kernel, np.array([0.0, -160.0, -160.0], np.float32)])
+    return model
+
+
+# ---- recipe -------------------------------------------------------------------------------------------------
+
+def test_loss_is_cross_entropy_averaged_over_non_ignored_pixels():
+    logits = RNG.normal(size=(2, 5, 6, 4)).astype("float32")
+    labels = RNG.integers(0, 4, size=(2, 5, 6))
+    labels[0, :2] = 255
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    valid = labels != 255
+    expected = -np.mean(np.take_along_axis(log_probs, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid])
+    loss = float(recipe.segmentation_loss()(labels, logits))
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_iou_metric_and_report_match_direct_counting():
+    num_classes = 5
+    labels = RNG.integers(0, num_classes, size=(3, 16, 16))
+    labels[:, :3] = 255
+    labels[labels == 4] = 0  # class 4 never appears in the labels...
+    logits = RNG.normal(size=(3, 16, 16, num_classes)).astype("float32")
+    logits[..., 3] -= 100  # ...and class 3 is never predicted
+    predictions = logits.argmax(-1)
+    reference = numpy_iou(labels, predictions, num_classes)
+    metric = recipe.mean_iou_metric(num_classes)
+    metric.update_state(labels, logits)
+    assert float(metric.result()) == pytest.approx(np.nanmean(reference), rel=1e-5)
+
+    confusion = ev.confusion_matrix(labels, predictions, num_classes).numpy()
+    assert confusion.sum() == np.sum(labels != 255)
+    report = ev.iou_report(confusion, [f"c{i}" for i in range(num_classes)])
+    assert report["mean_iou"] == pytest.approx(np.nanmean(reference), rel=1e-9)
+    for i, value in enumerate(reference):
+        assert report["per_class_iou"][f"c{i}"] == (None if np.isnan(value) else pytest.approx(value))
+    valid = labels != 255
+    assert report["pixel_accuracy"] == pytest.approx(np.mean(predictions[valid] == labels[valid]))
+
+
+def test_poly_schedule_follows_the_formula_and_serializes():
+    schedule = recipe.poly_schedule(0.007, 1000, power=0.9)
+    for step in (0, 1, 250, 999, 1000, 1500):
+        expected = 0.007 * (1 - min(step, 1000) / 1000) ** 0.9
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    assert float(restored(400)) == pytest.approx(float(schedule(400)))
+    with pytest.raises(ValueError, match="steps"):
+        recipe.poly_schedule(0.007, 0)
+
+
+def test_weight_decay_is_an_l2_penalty_on_conv_kernels_only():
+    model = DeepLabV3(4, backbone="mobilenet_v2", aspp_filters=8)
+    decayed = recipe.add_weight_decay(model, 1e-3)
+    convs = [layer for layer in model._flatten_layers(include_self=False)
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    assert decayed == len(convs) > 50
+    expected = 1e-3 / 2 * sum(float(np.sum(np.square(layer.kernel.numpy()))) for layer in convs)
+    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
+    regularized = {id(v) for v in model.trainable_weights if v.regularizer is not None}
+    assert regularized == {id(layer.kernel) for layer in convs}  # no BN gamma/beta, no logits bias
+    # Gradient of the penalty is weight_decay * w, as for the reference code's l2 regularizer.
+    kernel = model.get_layer("logits_conv").kernel
+    with tf.GradientTape() as tape:
+        penalty = tf.add_n(model.losses)
+    np.testing.assert_allclose(tape.gradient(penalty, kernel.value).numpy(), 1e-3 * kernel.numpy(), rtol=1e-5)
+    recipe.add_weight_decay(model, 0.0)
+    assert not model.losses
+
+
+def test_frozen_batch_norm_keeps_its_statistics_during_fit():
+    model = DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=8, bn_momentum=0.5)
+    frozen = recipe.freeze_batch_norm(model)
+    bns = [layer for layer in model._flatten_layers(include_self=False)
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert frozen == len(bns) > 0
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    recipe.compile_model(model, num_classes=3, steps=2, learning_rate=0.01)
+    images = RNG.uniform(0, 255, (2, 33, 33, 3)).astype("float32")
+    labels = RNG.integers(0, 3, (2, 33, 33))
+    assert not any(bn.trainable_weights for bn in bns)  # gamma and beta are frozen too
+    bias_before = model.get_layer("logits_conv").bias.numpy().copy()
+    model.fit(images, labels, epochs=1, batch_size=2, verbose=0)
+    for bn, mean in zip(bns, before):
+        np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
+    assert not np.allclose(model.get_layer("logits_conv").bias.numpy(), bias_before)  # the rest trains
+
+
+# ---- configs ------------------------------------------------------------------------------------------------
+
+def test_every_shipped_config_loads():
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    assert {"voc_train_aug.yaml", "cityscapes.yaml", "camvid_demo.yaml", "camvid_full.yaml"} <= set(names)
+    model_arguments = set(inspect.signature(DeepLabV3.__init__).parameters)
+    assert set(DEFAULTS["model"]) <= model_arguments  # the model section holds DeepLabV3 keyword arguments
+    for name in names:
+        config = load_config(CONFIGS / name)
+        assert set(config["model"]) == set(DEFAULTS["model"])
+
+
+def test_table5_configs_are_the_papers_rows():
+    expected = {
+        "mg111_aspp": ([1, 1, 1], [6, 12, 18], False), "mg121_aspp": ([1, 2, 1], [6, 12, 18], False),
+        "mg124_aspp": ([1, 2, 4], [6, 12, 18], False), "mg124_aspp24": ([1, 2, 4], [6, 12, 18, 24], False),
+        "mg124_aspp_pool": ([1, 2, 4], [6, 12, 18], True),
+    }
+    assert {p.stem[len("voc_table5_"):] for p in CONFIGS.glob("voc_table5_*.yaml")} == set(expected)
+    for row, (multi_grid, rates, pooling) in expected.items():
+        config = load_config(CONFIGS / f"voc_table5_{row}.yaml")
+        model = config["model"]
+        assert (model["multi_grid"], model["atrous_rates"], model["image_pooling"]) == (multi_grid, rates, pooling)
+        assert (model["backbone"], model["output_stride"]) == ("resnet101", 16)
+        train = config["train"]
+        assert (train["batch_size"], train["steps"], train["learning_rate"], config["data"]["crop_size"]) == (
+            16, 30000, 0.007, [513, 513])
+    assert load_config(CONFIGS / "cityscapes.yaml")["data"]["crop_size"] == [769, 769]
+
+
+def test_config_base_chain_overrides_and_errors(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  steps: 100\n  steps_per_epoch: 10\nmodel:\n  backbone: resnet50\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  steps: 40\n")
+    config = load_config(tmp_path / "child.yaml", ["model.aspp_filters=32", "data.crop_size=65"])
+    assert config["train"]["steps"] == 40 and config["train"]["steps_per_epoch"] == 10
+    assert config["model"]["backbone"] == "resnet50" and config["model"]["aspp_filters"] == 32
+    assert config["data"]["crop_size"] == [65, 65]
+    assert config["train"]["learning_rate"] == DEFAULTS["train"]["learning_rate"]
+    assert parse_override("train.init_checkpoint=null") == {"train": {"init_checkpoint": None}}
+    with pytest.raises(ValueError, match="unknown key train.stepz"):
+        load_config(None, ["train.stepz=3"])
+    with pytest.raises(ValueError, match="unknown section"):
+        resolve_config({"optimizer": {"lr": 1}})
+    with pytest.raises(ValueError, match="section.key=value"):
+        parse_override("steps=3")
+    with pytest.raises(ValueError, match="multiple of train.steps_per_epoch"):
+        load_config(None, ["train.steps=25", "train.steps_per_epoch=10"])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        load_config(None, ["train.mixed_precision=float8"])
+
+
+# ---- strategy and multi-worker workaround ---------------------------------------------------------------------
+
+def test_strategy_choice_on_a_cpu_machine(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    chosen = strategy.get_strategy("auto")
+    assert chosen is tf.distribute.get_strategy() and chosen.num_replicas_in_sync == 1
+    two = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}})
+    assert strategy.cluster_size(two) == 2
+    assert strategy.cluster_size(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}})) == 2
+    assert strategy.cluster_size("") == 0
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        strategy.cluster_size("{not json")
+    with pytest.raises(ValueError, match="distribute.strategy"):
+        strategy.get_strategy("horovod")
+    assert not multi_worker.is_multi_worker(chosen) and multi_worker.is_chief(chosen)
+    assert multi_worker.worker_dir("/runs/x", chosen) == "/runs/x"
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    step = model.train_step
+    assert multi_worker.patch_model(model, chosen) is model and model.train_step == step
+
+
+# ---- callbacks ----------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.ones((8, 3), np.float32)
+    x[5] = np.nan  # a poisoned example in the third batch
+    y = np.zeros(8, np.int32)
+    seen = []
+    recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+    with pytest.raises(cb.TrainingDivergedError, match=r"loss is nan at step 3 \(epoch 1, batch 3"):
+        model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0, callbacks=[cb.StopOnNaN(str(tmp_path)), recorder])
+    assert seen == [0, 1]  # stopped at the first NaN batch
+
+
+def test_resumed_run_trims_the_csv_log_and_keeps_the_best_value(tmp_path):
+    backup = tmp_path / cb.BACKUP_DIR
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    csv_path = tmp_path / cb.CSV_FILE
+    csv_path.write_text("epoch,loss,val_mean_iou\n0,1.0,0.3\n1,0.8,0.5\n2,0.7,0.4\n")
+    callbacks = cb.training_callbacks(str(tmp_path))
+    assert [row["epoch"] for row in cb.read_csv_log(csv_path)] == [0, 1]  # epoch 2 ran past the backup
+    checkpoint = next(c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint))
+    assert checkpoint.best == pytest.approx(0.5)
+    kinds = [type(c) for c in callbacks]
+    assert kinds[-1] is keras.callbacks.BackupAndRestore  # backs up only after logging and checkpointing
+    assert kinds.index(cb.StepLogger) < kinds.index(keras.callbacks.CSVLogger)
+    assert next(c for c in callbacks if isinstance(c, keras.callbacks.CSVLogger)).append
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------
+
+def test_predictor_averages_probabilities_over_scales_and_flips():
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3, padding="same")])
+    images = RNG.uniform(0, 1, (1, 12, 10, 3)).astype("float32")
+
+    def probs(x):
+        return tf.nn.softmax(model(x)).numpy()
+
+    single = ev.make_predictor(model)(images).numpy()
+    np.testing.assert_allclose(single, probs(images), atol=1e-6)
+    flipped = ev.make_predictor(model, flip=True)(images).numpy()
+    np.testing.assert_allclose(flipped, (probs(images) + probs(images[:, :, ::-1])[:, :, ::-1]) / 2, atol=1e-6)
+    assert not np.allclose(flipped, single, atol=1e-3)  # the conv is not flip-symmetric
+    half = tf.image.resize(images, (6, 5)).numpy()
+    expected = (probs(images) + tf.nn.softmax(tf.image.resize(model(half), (12, 10))).numpy()) / 2
+    np.testing.assert_allclose(ev.make_predictor(model, scales=(1.0, 0.5))(images).numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="scales"):
+        ev.make_predictor(model, scales=(0.0,))
+
+
+def test_evaluate_reports_exact_iou_on_the_synthetic_dataset(synthetic_dir):
+    oracle = ev.evaluate(colour_oracle(), synthetic_dir, "val", progress=False)
+    assert oracle["mean_iou"] == pytest.approx(1.0) and oracle["pixel_accuracy"] == pytest.approx(1.0)
+    assert oracle["num_images"] == 4 and list(oracle["per_class_iou"]) == CLASS_NAMES
+
+    labels = np.concatenate([lab.numpy().ravel() for _, lab in eval_dataset(synthetic_dir, "val")])
+    always_background = keras.initializers.Constant([5.0, 0.0, 0.0])
+    background = keras.Sequential([keras.Input((None, None, 3)),
+                                   keras.layers.Conv2D(3, 1, kernel_initializer="zeros",
+                                                           bias_initializer=always_background)])
+    report = ev.evaluate(background, synthetic_dir, "val", progress=False)
+    reference = numpy_iou(labels, np.zeros_like(labels), 3)
+    assert report["mean_iou"] == pytest.approx(np.nanmean(reference))
+    assert report["per_class_iou"]["rectangle"] == 0.0
+    assert report["num_pixels"] == np.sum(labels != 255)
+
+    multi = ev.evaluate(colour_oracle(), synthetic_dir, "val", scales=(0.75, 1.0, 1.25), flip=True,
+                        max_images=2, progress=False)
+    assert multi["num_images"] == 2 and multi["scales"] == [0.75, 1.0, 1.25] and multi["flip"]
+    assert 0.9 < multi["mean_iou"] <= 1.0  # only edge pixels can change
+
+
+def test_evaluate_at_another_output_stride_uses_the_same_weights(synthetic_dir):
+    model = DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=8, output_stride=16)
+    report = ev.evaluate(model, synthetic_dir, "val", output_stride=8, max_images=1, progress=False)
+    assert report["output_stride"] == 8
+    with pytest.raises(ValueError, match="split 'test'"):
+        ev.evaluate(model, synthetic_dir, "test")
+
+
+def test_evaluate_cli_prints_and_writes_json(synthetic_dir, tmp_path, capsys):
+    path = tmp_path / "oracle.keras"
+    colour_oracle().save(path)
+    output = tmp_path / "report.json"
+    assert ev.main(["--model", str(path), "--data_dir", str(synthetic_dir), "--flip", "--scales", "1,0.5",
+                    "--output", str(output), "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rectangle" in printed and "mIoU" in printed
+    report = json.loads(output.read_text())
+    assert report["flip"] and report["scales"] == [1.0, 0.5] and len(report["confusion_matrix"]) == 3
+    assert report["mean_iou"] > 0.9
+    assert ev.main(["--model", str(path), "--data_dir", str(synthetic_dir), "--no_progress"]) == 0
+    assert (tmp_path / "eval_val.json").exists()  # default: beside the model
+    with pytest.raises(FileNotFoundError, match="no saved model"):
+        ev.load_model(str(tmp_path / "missing"))
