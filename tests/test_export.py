@@ -15,14 +15,15 @@ from tensorflow_serving.config import model_server_config_pb2
 import keras_deeplab
 from keras_deeplab import export
 from keras_deeplab.serving.model_config import ModelConfig, read_models_config, write_models_config
-from helpers.serving_models import CAMVID, NUM_CLASSES, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
+from helpers.serving_models import (CAMVID_FILES, NUM_CLASSES, camvid_frames, camvid_pixels, keras_reference,
+                                    png_bytes, tiny_deeplab)
 
-MAX_LONG_SIDE = 128  # CamVid frames (160x120) are shrunk to 128x96 for inference; the 80x60 image is not
+MAX_LONG_SIDE = 128  # CamVid frames (480x360, 160x120) are shrunk to 128x96 for inference; 80x60 ones are not
 
 
 def small_camvid():
     """An 80x60 CamVid frame (smaller than MAX_LONG_SIDE, so the model sees it whole)."""
-    return camvid_pixels(CAMVID[1], (80, 60))
+    return camvid_pixels(CAMVID_FILES[1], (80, 60))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def model():
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models") / "deeplabv3"
-    path = export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE, check_images=[CAMVID[0], small_camvid()],
+    path = export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE, check_images=[CAMVID_FILES[0], small_camvid()],
                                      class_names=[f"class{i}" for i in range(NUM_CLASSES)], colormap="camvid")
     return base, path
 
@@ -89,7 +90,7 @@ def test_signatures_have_tf_serving_names_dtypes_and_shapes(session):
 
 
 def test_serving_default_labels_equal_keras_argmax_for_mixed_sizes(session, model):
-    big = camvid_pixels(CAMVID[2])  # 120x160: shrunk to 96x128 for the model
+    big = camvid_frames()[2]  # 120x160: shrunk to 96x128 for the model
     small = small_camvid()  # 60x80: whole
     jpeg = io.BytesIO()
     Image.fromarray(big).save(jpeg, format="JPEG", quality=95)
@@ -112,7 +113,7 @@ def test_serving_default_labels_equal_keras_argmax_for_mixed_sizes(session, mode
 
 
 def test_predict_images_labels_and_probabilities(session, model):
-    images = np.stack([camvid_pixels(p) for p in CAMVID[:2]])
+    images = np.stack(camvid_frames()[:2])
     out = run_signature(session, "predict_images", images=images)
     assert out["labels"].shape == (2, 120, 160) and out["probabilities"].shape == (2, 120, 160, NUM_CLASSES)
     np.testing.assert_allclose(out["probabilities"].sum(-1), 1.0, atol=1e-5)
@@ -142,7 +143,7 @@ def test_warmup_records_are_predict_logs_that_run(exported, session):
 
 
 def test_verify_checks_everything_and_catches_wrong_labels(exported, model, tmp_path):
-    data, pixels = export.encoded_image(CAMVID[0])
+    data, pixels = export.encoded_image(camvid_frames()[0])
     labels, ties = export.reference_labels(model, pixels, MAX_LONG_SIDE)
     wrong = (labels + 1) % NUM_CLASSES
     reference = tmp_path / "reference.npz"

@@ -2,6 +2,7 @@
 frames equals the in-process Keras model; TF Serving's REST formats, status codes and error bodies; 32 parallel
 clients; a new version folder picked up without restart; the JSON codec's rules."""
 import ast
+import asyncio
 import base64
 import io
 import json
@@ -24,7 +25,7 @@ import keras_deeplab.serving
 from keras_deeplab import export
 from keras_deeplab.serving import TFServingClient, TFServingError
 from keras_deeplab.serving import json_tensor
-from helpers.serving_models import CAMVID, NUM_CLASSES, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
+from helpers.serving_models import CAMVID_FILES, camvid_frames, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
 
 MAX_LONG_SIDE = 128
 MAX_BODY_BYTES = 1_000_000
@@ -39,15 +40,17 @@ def model():
 @pytest.fixture(scope="module")
 def base_dir(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models") / MODEL
-    export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE, check_images=CAMVID[:1])
+    export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE, check_images=camvid_frames()[:1])
     return base
 
 
 @pytest.fixture(scope="module")
 def references(model):
-    """{name: (pixels, labels, clear)} from the in-process Keras model: the CamVid frames and an 80x60 one."""
-    images = {path.name: camvid_pixels(path) for path in CAMVID}
-    images["small"] = camvid_pixels(CAMVID[1], (80, 60))
+    """{name: (pixels, labels, clear)} from the in-process Keras model: a CamVid file as stored (480x360), three
+    frames at 160x120 and one at 80x60."""
+    images = {f"frame{i}": pixels for i, pixels in enumerate(camvid_frames())}
+    images["file"] = camvid_pixels(CAMVID_FILES[0], size=None)
+    images["small"] = camvid_pixels(CAMVID_FILES[1], (80, 60))
     return {name: (pixels,) + keras_reference(model, pixels, MAX_LONG_SIDE) for name, pixels in images.items()}
 
 
@@ -110,9 +113,11 @@ def assert_labels(labels, reference):
 def test_client_predicts_camvid_like_the_in_process_model(server, references):
     url, _ = server
     with TFServingClient(url, MODEL, batch_size=3) as client:
-        label_maps = client.predict(CAMVID + [references["small"][0]])  # paths and an array; two requests
+        names = ["file", "frame1", "frame2", "small"]
+        images = [CAMVID_FILES[0]] + [references[name][0] for name in names[1:]]  # a path, then arrays
+        label_maps = client.predict(images)  # two requests of at most 3 images
     assert len(label_maps) == 4
-    for labels, name in zip(label_maps, [path.name for path in CAMVID] + ["small"]):
+    for labels, name in zip(label_maps, names):
         assert labels.dtype == np.int32
         assert_labels(labels, references[name])
 
@@ -142,7 +147,7 @@ def test_row_and_columnar_formats(server, references):
 
 def test_predict_images_signature_with_uint8_instances(server, model):
     url, _ = server
-    pixels = camvid_pixels(CAMVID[2], (40, 30))
+    pixels = camvid_pixels(CAMVID_FILES[2], (40, 30))
     reply = httpx.post(predict_url(url), json={"signature_name": "predict_images", "instances": [pixels.tolist()]},
                        timeout=60)
     assert reply.status_code == 200, reply.text
@@ -234,7 +239,7 @@ def test_unknown_model_and_bodies_over_the_limit(server, references):
 
 def test_32_parallel_clients_get_correct_labels(server, references):
     url, _ = server
-    names = [path.name for path in CAMVID] + ["small"]
+    names = ["frame0", "frame1", "frame2", "small"]
 
     def one_client(index):
         name = names[index % len(names)]
@@ -294,6 +299,47 @@ def test_new_version_folder_is_served_without_restart(server, base_dir, referenc
     with TFServingClient(url, MODEL) as client:
         assert_labels(client.predict(references["small"][0])[0], references["small"])
     assert process.poll() is None
+
+
+def test_model_config_file_serves_several_models_version_labels_and_deadlines(base_dir, references, tmp_path):
+    """The app in-process (httpx's ASGI transport) with a models.config: two names for one folder, one pinned to
+    version 1 with a label; a 1 ms deadline gives 504."""
+    from keras_deeplab.serving.manager import ModelManager
+    from keras_deeplab.serving.model_config import ModelConfig, read_models_config, write_models_config
+    from keras_deeplab.serving.server import create_app
+
+    folder = tmp_path / "deeplabv3"
+    shutil.copytree(base_dir / "1", folder / "1")  # version 1 alone (another test adds versions to base_dir)
+    config = write_models_config(tmp_path / "models.config", [
+        ModelConfig("plain", str(folder)),
+        ModelConfig("pinned", str(folder), versions=[1], version_labels={"stable": 1})])
+    manager = ModelManager(read_models_config(config), warmup=False, poll_seconds=0)
+    pixels = references["small"][0]
+    body = {"instances": [{"b64": b64(png_bytes(pixels))}]}
+
+    async def requests():
+        transport = httpx.ASGITransport(app=create_app(manager, timeout_ms=1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            statuses = [await client.get(path) for path in
+                        ("/v1/models/plain", "/v1/models/pinned/versions/1", "/v1/models/pinned/labels/stable")]
+            return statuses, await client.get("/v1/models/pinned/labels/nope"), await client.post(
+                "/v1/models/pinned/labels/stable:predict", json=body)
+
+    manager.start()  # what the app's lifespan does under uvicorn
+    try:
+        statuses, unknown_label, too_slow = asyncio.run(requests())
+        servable = manager.model("pinned").acquire(label="stable")
+        try:
+            labels = servable.run("serving_default", {"image_bytes": np.array([png_bytes(pixels)], object)})["labels"]
+        finally:
+            servable.release()
+    finally:
+        manager.stop()
+    for reply in statuses:
+        assert reply.status_code == 200 and reply.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    assert unknown_label.status_code == 404
+    assert too_slow.status_code == 504, too_slow.text  # 1 ms is not enough for a 60x80 image
+    assert_labels(labels[0], references["small"])
 
 
 # ---- The JSON codec alone (no server) ----

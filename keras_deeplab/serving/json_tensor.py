@@ -228,8 +228,10 @@ def _type_error(value, target):
 
 
 def _type_name(dtype):
-    return "string" if dtype == np.dtype(object) else {"float32": "float", "float64": "double"}.get(dtype.name,
-                                                                                                    dtype.name)
+    """TF's name of a dtype ("float", "double", "int32", "string"), as in TF Serving's messages."""
+    if dtype == np.dtype(object):
+        return "string"
+    return {"float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
 
 
 def _json_type(value):
