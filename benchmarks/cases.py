@@ -1,0 +1,286 @@
+"""Benchmark cases, constructed inside worker processes (see harness.py): each factory returns an object whose
+`run()` is one measured iteration.
+
+The peer is torchvision's deeplabv3_resnet50/101 (weights=None, no aux head, seeded initialisation); "ours" is
+the same network in keras_deeplab, built with torchvision's configuration and loaded with the peer's very
+weights (an .npz written by the torch worker), so both sides compute the same function on the same pixels.
+"""
+import os
+import time
+
+import numpy as np
+
+NUM_CLASSES = 21
+IGNORE_LABEL = 255
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def random_images(batch, size, seed=0):
+    """float32 RGB images [N, H, W, 3] in [0, 255]."""
+    return np.random.default_rng(seed).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+
+
+def random_labels(batch, size, seed=1):
+    """int32 label maps [N, H, W] in [0, NUM_CLASSES) with about 5 % ignored (255) pixels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, (batch, size, size)).astype(np.int32)
+    labels[rng.random((batch, size, size)) < 0.05] = IGNORE_LABEL
+    return labels
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torchvision
+
+def _torch(threads=None):
+    import torch
+
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    return torch
+
+
+def torchvision_model(backbone="resnet50", seed=0):
+    """torchvision's deeplabv3_resnet50/101 with weights=None, 21 classes, no aux head, seeded init."""
+    torch = _torch()
+    from torchvision.models import segmentation
+
+    torch.manual_seed(seed)
+    factory = {"resnet50": segmentation.deeplabv3_resnet50, "resnet101": segmentation.deeplabv3_resnet101}[backbone]
+    return factory(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
+
+
+def save_state(model, path):
+    """Writes a torch model's state dict to `path` (.npz) for the Keras side."""
+    np.savez(path, **{key: value.detach().cpu().numpy() for key, value in model.state_dict().items()})
+    return path
+
+
+class TorchInference:
+    """Eval-mode forward of torchvision's DeepLabV3 on [0, 255] RGB images (normalisation included, as our
+    model does it inside), under `torch.inference_mode`."""
+
+    def __init__(self, backbone="resnet50", batch=1, size=513, channels_last=False, seed=0):
+        torch = _torch()
+        self.torch = torch
+        self.model = torchvision_model(backbone, seed).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous()
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.meta = {"framework": "torch", "channels_last": channels_last,
+                     "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    def save_state(self, path):
+        return save_state(self.model, path)
+
+    def _forward(self):
+        with self.torch.inference_mode():
+            x = (self.pixels - self.mean) / self.std
+            if self.channels_last:
+                x = x.contiguous(memory_format=self.torch.channels_last)
+            return self.model(x)["out"]
+
+    def run(self):
+        self._forward()
+
+    def output(self):
+        """Logits NHWC as numpy (for the equality check)."""
+        return self._forward().permute(0, 2, 3, 1).contiguous().numpy()
+
+    def count_macs(self):
+        """Multiply-accumulates of one forward pass, counted with hooks on every Conv2d and Linear."""
+        torch = self.torch
+        total = [0]
+
+        def hook(module, inputs, output):
+            if isinstance(module, torch.nn.Conv2d):
+                kh, kw = module.kernel_size
+                total[0] += output.numel() * kh * kw * module.in_channels // module.groups
+            else:
+                total[0] += output.numel() * module.in_features
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        self._forward()
+        for handle in handles:
+            handle.remove()
+        return total[0]
+
+
+class TorchTrainStep:
+    """One SGD step of torchvision's DeepLabV3 (train mode, BN in batch statistics) with cross-entropy ignoring
+    255, momentum 0.9 and weight decay 1e-4: the paper's loss and optimizer as a torch user writes them."""
+
+    def __init__(self, backbone="resnet50", batch=2, size=321, channels_last=False, seed=0):
+        torch = _torch()
+        self.torch = torch
+        self.model = torchvision_model(backbone, seed).train()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.images = ((pixels - mean) / std).contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        self.labels = torch.from_numpy(random_labels(batch, size)).long()
+        self.loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.007, momentum=0.9, weight_decay=1e-4)
+        self.meta = {"framework": "torch", "channels_last": channels_last}
+
+    def save_state(self, path):
+        return save_state(self.model, path)
+
+    def run(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(self.images)["out"], self.labels)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# matmul peak
+
+class MatmulPeak:
+    """A large fp32 matmul (n x n times n x n) in TF or torch: the achievable FMA throughput of this CPU."""
+
+    def __init__(self, framework="tensorflow", n=3072):
+        self.framework = framework
+        self.n = n
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        if framework == "torch":
+            torch = _torch()
+            self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
+            self._matmul = torch.matmul
+        else:
+            tf = _tf()
+            self.a, self.b = tf.constant(a), tf.constant(b)
+            self._matmul = tf.function(tf.matmul)
+            self._matmul(self.a, self.b)
+        self.meta = {"framework": framework, "n": n, "flop": 2 * n ** 3}
+
+    def run(self):
+        self._matmul(self.a, self.b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# keras_deeplab
+
+def _tf():
+    import tensorflow as tf
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf
+
+
+def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8):
+    """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
+    default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`."""
+    _tf()
+    from keras_deeplab.convert import (TORCHVISION_CONFIG, _resnet_depth, assign_torchvision_weights,
+                                       load_state_dict)
+    from keras_deeplab.model import DeepLabV3
+
+    state = load_state_dict(state_path)
+    config = dict(TORCHVISION_CONFIG, output_stride=output_stride)
+    if output_stride != 8:
+        config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
+    model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
+                      preprocessing="torch", atrous_implementation=atrous_implementation, **config)
+    assign_torchvision_weights(model, state)
+    return model
+
+
+def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto"):
+    """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
+    randomly initialised (seeded)."""
+    _tf()
+    import keras
+
+    from keras_deeplab.model import DeepLabV3
+
+    keras.utils.set_random_seed(0)
+    return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
+                     atrous_implementation=atrous_implementation)
+
+
+def build_model(source, **kwargs):
+    """`source` "torchvision" (kwargs: state_path, atrous_implementation, output_stride) or "paper"."""
+    if source == "torchvision":
+        return torchvision_structure_model(**kwargs)
+    return paper_model(**kwargs)
+
+
+class KerasInference:
+    """Eval-mode forward of our model through a `tf.function` (the in-process graph a Keras user gets from
+    `model.predict` without its per-batch overhead). Levers: `jit_compile` (XLA), `fold_bn` (BatchNorm folded
+    into the convolutions, see bn_fold.py)."""
+
+    def __init__(self, batch=1, size=513, jit_compile=False, fold_bn=False, model_kwargs=None):
+        tf = _tf()
+        self.model = build_model(**(model_kwargs or {}))
+        if fold_bn:
+            from bn_fold import fold_batch_norm
+
+            self.model = fold_batch_norm(self.model)
+        model = self.model
+        self.images = tf.constant(random_images(batch, size))
+        self.forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile,
+                                   input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        start = time.perf_counter()
+        self.forward(self.images)
+        self.meta = {"framework": "tensorflow", "jit_compile": jit_compile, "fold_bn": fold_bn,
+                     "first_call_s": time.perf_counter() - start, "parameters": model.count_params()}
+
+    def run(self):
+        self.forward(self.images)
+
+    def output(self):
+        out = self.forward(self.images)
+        return (out["out"] if isinstance(out, dict) else out).numpy()
+
+    def count_macs(self):
+        from flops import keras_macs
+
+        return keras_macs(self.model, tuple(self.images.shape))
+
+
+class KerasTrainStep:
+    """One training step of our model with the paper's recipe (keras_deeplab.training.recipe: cross-entropy
+    ignoring 255, SGD momentum 0.9 on the poly schedule, L2 weight decay 1e-4 on conv kernels), through the
+    compiled Keras train function (`train_on_batch`, what `fit` runs). No metric, as on the torch side.
+    """
+
+    def __init__(self, batch=2, size=321, jit_compile=False, mixed_precision=None, model_kwargs=None):
+        _tf()
+        import keras
+
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy(mixed_precision)
+        from keras_deeplab.training.recipe import add_weight_decay, poly_schedule, segmentation_loss
+
+        self.model = build_model(**(model_kwargs or {}))
+        add_weight_decay(self.model, 1e-4)
+        self.model.compile(optimizer=keras.optimizers.SGD(poly_schedule(0.007, 30000), momentum=0.9),
+                           loss=segmentation_loss(IGNORE_LABEL), jit_compile=jit_compile)
+        self.images = random_images(batch, size)
+        self.labels = random_labels(batch, size)
+        start = time.perf_counter()
+        self.model.train_on_batch(self.images, self.labels)
+        self.meta = {"framework": "tensorflow", "jit_compile": jit_compile, "mixed_precision": mixed_precision,
+                     "first_step_s": time.perf_counter() - start}
+
+    def run(self):
+        self.model.train_on_batch(self.images, self.labels)

@@ -1,0 +1,294 @@
+"""Benchmark harness: each measured case runs in its own worker process, cases of a group alternate run by run.
+
+Why worker processes: TF and torch each keep their own thread pools, and the peak resident memory of a case is
+only meaningful per process. A case is a factory `"module:function"` (imported in the worker, after the thread
+environment is set) returning an object with `run()` (one measured iteration) and optionally `meta` (a dict
+merged into the result) and extra methods the driver may `call`. The driver warms every case up, then runs
+the cases round-robin (A, B, A, B, ...) so that machine drift and contention from other processes hit every
+case alike; ratios are computed per round from the adjacent runs.
+"""
+import json
+import math
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+PAUSE_BETWEEN_RUNS_S = 0.3  # lets the previous worker's spinning OpenMP threads go to sleep
+
+
+def thread_environment(threads):
+    """Environment variables that pin TF, torch, OpenMP and MKL to `threads` threads."""
+    value = str(threads)
+    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "TF_NUM_INTRAOP_THREADS": value,
+            "TF_NUM_INTEROP_THREADS": value, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def peak_rss_mb(pid="self"):
+    """Peak resident set size (VmHWM) of a process in MiB, or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_mb(pid="self"):
+    """Current resident set size (VmRSS) of a process in MiB, or None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss():
+    """Resets this process's VmHWM to its current RSS (Linux >= 4.0), so the peak covers what follows only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _load_factory(spec):
+    module_name, _, function = spec.partition(":")
+    if BENCH_DIR not in sys.path:
+        sys.path.insert(0, BENCH_DIR)
+    module = __import__(module_name)
+    return getattr(module, function)
+
+
+def _worker_main(conn, factory_spec, kwargs, env):
+    os.environ.update(env)
+    try:
+        factory = _load_factory(factory_spec)
+        rss_before = current_rss_mb()
+        case = factory(**kwargs)
+        meta = dict(getattr(case, "meta", {}) or {})
+        meta.setdefault("rss_after_build_mb", current_rss_mb())
+        meta.setdefault("rss_before_build_mb", rss_before)
+        conn.send(("ok", meta))
+        while True:
+            command, args = conn.recv()
+            if command == "run":
+                start, start_cpu = time.perf_counter(), time.process_time()
+                case.run()
+                conn.send(("ok", (time.perf_counter() - start, time.process_time() - start_cpu)))
+            elif command == "call":
+                name, call_args = args
+                conn.send(("ok", getattr(case, name)(*call_args)))
+            elif command == "peak_rss":
+                conn.send(("ok", peak_rss_mb()))
+            elif command == "reset_peak_rss":
+                conn.send(("ok", reset_peak_rss()))
+            elif command == "stop":
+                close = getattr(case, "close", None)
+                if close:
+                    close()
+                conn.send(("ok", None))
+                return
+    except BaseException:  # noqa: BLE001 - reported to the driver, which raises it
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class Worker:
+    """A case in its own (spawned) process."""
+
+    def __init__(self, name, factory_spec, kwargs=None, threads=2, env=None):
+        self.name = name
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main,
+                                       args=(child, factory_spec, kwargs or {},
+                                             {**thread_environment(threads), **(env or {})}),
+                                       daemon=True)
+        self.process.start()
+        self.meta = self._receive()
+
+    def _receive(self):
+        if not self.conn.poll(3600):
+            raise TimeoutError(f"worker {self.name} did not answer")
+        status, value = self.conn.recv()
+        if status == "error":
+            raise RuntimeError(f"worker {self.name} failed:\n{value}")
+        return value
+
+    def request(self, command, args=None):
+        self.conn.send((command, args))
+        return self._receive()
+
+    def run(self):
+        """One measured run: (wall seconds, CPU seconds of all the worker's threads)."""
+        return self.request("run")
+
+    def call(self, name, *args):
+        return self.request("call", (name, args))
+
+    def stop(self):
+        try:
+            self.request("stop")
+        except (RuntimeError, EOFError, BrokenPipeError, TimeoutError):
+            pass
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None):
+    """Starts one worker per spec ({"name", "factory", "kwargs", "env"}) in order, calling
+    `after_start(spec, worker)` after each start and `on_ready(workers)` once all run (checks); then
+    alternates them (see `run_alternating`) and stops them.
+
+    Returns (times, metas with "peak_rss_mb", whatever `on_ready` returned).
+    """
+    workers = []
+    try:
+        for spec in specs:
+            log(f"starting {spec['name']}")
+            workers.append(Worker(spec["name"], spec["factory"], spec.get("kwargs"), threads, spec.get("env")))
+            if after_start:
+                after_start(spec, workers[-1])
+        extra = on_ready(workers) if on_ready else None
+        times = run_alternating(workers, repeats, warmup, log)
+        metas = {w.name: {**w.meta, "peak_rss_mb": w.request("peak_rss")} for w in workers}
+        return times, metas, extra
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def case_statistics(times):
+    """Wall and CPU statistics of one case's {"wall": [...], "cpu": [...]}."""
+    return {"wall_s": times["wall"], "cpu_s": times["cpu"], **summarize(times["wall"]),
+            **summarize(times["cpu"], "cpu_")}
+
+
+def pair_statistics(times_a, times_b):
+    """Per-round wall and CPU ratios a/b."""
+    return {**paired_ratios(times_a["wall"], times_b["wall"]),
+            **paired_ratios(times_a["cpu"], times_b["cpu"], "cpu_")}
+
+
+def summarize(times, prefix=""):
+    """Median, min, max and relative spread ((max - min) / median) of a list of seconds."""
+    median = statistics.median(times)
+    return {f"{prefix}median_s": median, f"{prefix}min_s": min(times), f"{prefix}max_s": max(times),
+            f"{prefix}spread": (max(times) - min(times)) / median if median else math.nan}
+
+
+def run_alternating(workers, repeats, warmup=1, log=None):
+    """Resets each worker's peak RSS (so that it covers the runs, not the set-up and checks), warms each
+    worker up `warmup` times, then runs `repeats` rounds of one run per worker in turn.
+
+    Returns {worker name: {"wall": [seconds per round], "cpu": [CPU seconds per round]}}.
+    """
+    for worker in workers:
+        worker.request("reset_peak_rss")
+    for _ in range(warmup):
+        for worker in workers:
+            worker.run()
+            time.sleep(PAUSE_BETWEEN_RUNS_S)
+    times = {worker.name: {"wall": [], "cpu": []} for worker in workers}
+    for round_index in range(repeats):
+        for worker in workers:
+            wall, cpu = worker.run()
+            times[worker.name]["wall"].append(wall)
+            times[worker.name]["cpu"].append(cpu)
+            time.sleep(PAUSE_BETWEEN_RUNS_S)
+        if log:
+            log(f"round {round_index + 1}/{repeats}: " + ", ".join(
+                f"{name} {values['wall'][-1]:.3f}s (cpu {values['cpu'][-1]:.3f}s)" for name, values in times.items()))
+    return times
+
+
+def paired_ratios(times_a, times_b, prefix=""):
+    """Per-round ratios a/b (runs adjacent in time) and their median, min and max."""
+    ratios = [a / b for a, b in zip(times_a, times_b)]
+    return {f"{prefix}ratios": ratios, f"{prefix}ratio_median": statistics.median(ratios),
+            f"{prefix}ratio_min": min(ratios), f"{prefix}ratio_max": max(ratios)}
+
+
+def library_versions():
+    """Versions of the libraries benchmarked (read from package metadata, without importing them)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "torch", "torchvision", "numpy", "keras_deeplab"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def machine_info(threads):
+    """CPU model, core count, memory, load average and the fixed thread count."""
+    cpu = platform.processor() or "unknown"
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            memory_gb = int(f.readline().split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gb, 1) if memory_gb else None,
+            "simd": sorted(flag for flag in flags if flag in ("avx", "avx2", "fma", "avx512f", "avx512_bf16",
+                                                              "amx_tile")),
+            "threads": threads, "load_average_1_5_15": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": library_versions()}
+
+
+def emit(record):
+    """Prints one JSON line (a measurement or the run's context) and flushes."""
+    print(json.dumps(record, default=_json_default), flush=True)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value)
+
+
+def markdown_table(rows, columns):
+    """A Markdown table of `rows` (dicts) with `columns` [(key, header, format)]."""
+    lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for key, _, fmt in columns:
+            value = row.get(key)
+            cells.append("" if value is None else (fmt.format(value) if fmt else str(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def log(message):
+    """Progress to stderr (stdout carries only JSON lines and the final table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

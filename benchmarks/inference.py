@@ -1,0 +1,184 @@
+"""Inference latency and images/s, ours vs torchvision, with the achieved GFLOP/s against a matmul peak.
+
+    python benchmarks/inference.py --backbone resnet50 --batch 1 --size 513 --repeats 5
+    python benchmarks/inference.py --suite paper --repeats 3      # the paper's OS16 R101 and MobileNetV2, alone
+
+Suite "peer" (default): torchvision's deeplabv3_<backbone> (weights=None, seeded) in eval mode, contiguous and
+channels-last, against our torchvision-compatible model (the same weights, OS8) in each requested variant.
+Suite "paper": our paper model (ResNet-101, OS16, MG (1, 2, 4)) and MobileNetV2 at OS16, with no peer.
+Both suites time a 3072^3 fp32 matmul in TF and in torch in the same rounds: the achievable FMA rate.
+
+Every case runs in its own process with the threads fixed to `--threads`; the cases alternate run by run after
+`--warmup` warm-up runs. Each run records wall time and the process's CPU time (all its threads). Prints one
+JSON line per case and per ours/peer pair, then Markdown tables.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from harness import case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_cases
+
+# Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
+OUR_VARIANTS = {
+    "ours": ({}, {"atrous_implementation": "auto"}, {}),
+    "ours_native": ({}, {"atrous_implementation": "native"}, {}),
+    "ours_bnfold": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
+    "ours_native_bnfold": ({"fold_bn": True}, {"atrous_implementation": "native"}, {}),
+    "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
+    "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+}
+PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
+PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch"}
+PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
+                "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16}}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=("peer", "paper"), default="peer")
+    parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50",
+                        help="peer suite: the ResNet depth of both models")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--size", type=int, default=513)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--ours", default="ours,ours_native,ours_bnfold",
+                        help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
+    parser.add_argument("--peers", default="torchvision,torchvision_cl",
+                        help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
+    parser.add_argument("--paper-models", default=",".join(PAPER_MODELS),
+                        help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
+    parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
+    return parser.parse_args(argv)
+
+
+def case_specs(args, state_path):
+    """The cases of the run; in the peer suite the first peer writes the weights the Keras cases load."""
+    specs = []
+    if args.suite == "peer":
+        for name in filter(None, args.peers.split(",")):
+            specs.append({"name": name, "factory": "cases:TorchInference", "role": "peer",
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
+                                     **PEER_VARIANTS[name]}})
+        if not specs:
+            raise SystemExit("the peer suite needs at least one peer variant (--peers)")
+        for name in filter(None, args.ours.split(",")):
+            case_kwargs, model_kwargs, env = OUR_VARIANTS[name]
+            specs.append({"name": name, "factory": "cases:KerasInference", "role": "ours", "env": env,
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
+                                     "model_kwargs": {"source": "torchvision", "state_path": state_path,
+                                                      **model_kwargs}}})
+    else:
+        for name in filter(None, args.paper_models.split(",")):
+            model = PAPER_MODELS[name]
+            specs.append({"name": name, "factory": "cases:KerasInference", "role": "ours", **model,
+                          "kwargs": {"batch": args.batch, "size": args.size,
+                                     "model_kwargs": {"source": "paper", **model}}})
+    if not args.no_peak:
+        specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework}}
+                  for name, framework in PEAK_CASES.items()]
+    return specs
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    context = {"record": "context", "benchmark": "inference", "suite": args.suite, "input_size": args.size,
+               "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
+    emit(context)
+    with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
+        state_path = os.path.join(folder, "torchvision_state.npz")
+        specs = case_specs(args, state_path)
+
+        def write_weights(spec, worker):
+            if spec["role"] == "peer" and not os.path.exists(state_path):
+                worker.call("save_state", state_path)
+
+        times, metas, checks = run_cases(specs, args.repeats, args.warmup, args.threads,
+                                         after_start=write_weights, on_ready=lambda w: model_checks(w, specs))
+    context["load_average_at_end"] = os.getloadavg()
+    report(args, specs, times, metas, checks, context)
+
+
+def model_checks(workers, specs):
+    """The MAC count of each model and, in the peer suite, the largest difference of ours from the peer's
+    logits on the same pixels."""
+    by_name = {w.name: w for w in workers}
+    peers = [s["name"] for s in specs if s["role"] == "peer"]
+    reference = by_name[peers[0]].call("output") if peers else None
+    checks = {}
+    for spec in specs:
+        if spec["role"] == "peak":
+            continue
+        worker = by_name[spec["name"]]
+        macs = worker.call("count_macs")
+        entry = {"macs": macs, "gmacs": macs / 1e9}
+        if reference is not None and spec["role"] == "ours":
+            entry["max_abs_diff_vs_peer"] = float(np.max(np.abs(worker.call("output") - reference)))
+            entry["peer_logit_scale"] = float(np.max(np.abs(reference)))
+        checks[spec["name"]] = entry
+        log(f"{spec['name']}: {entry}")
+    return checks
+
+
+def report(args, specs, times, metas, checks, context):
+    records = {spec["name"]: {"record": "measurement", "benchmark": "inference", "case": spec["name"],
+                              "role": spec["role"], "backbone": spec.get("backbone"),
+                              "output_stride": spec.get("output_stride"), "batch": args.batch,
+                              "input_size": args.size, "threads": args.threads, **case_statistics(times[spec["name"]]),
+                              **metas[spec["name"]], **checks.get(spec["name"], {})}
+               for spec in specs}
+    # The achievable rate: the faster framework's matmul, by wall time and by CPU time (per thread busy).
+    peaks = [r for r in records.values() if r["role"] == "peak"]
+    for record in peaks:
+        record["gflop_per_s"] = record["flop"] / record["median_s"] / 1e9
+        record["cpu_gflop_per_s"] = record["flop"] / record["cpu_median_s"] / 1e9
+    peak = max((r["gflop_per_s"] for r in peaks), default=None)
+    cpu_peak = max((r["cpu_gflop_per_s"] for r in peaks), default=None)
+    for record in records.values():
+        if record["role"] == "peak":
+            continue
+        record["images_per_s"] = args.batch / record["median_s"]
+        record["gflop_per_s"] = 2 * record["macs"] / record["median_s"] / 1e9
+        record["cpu_gflop_per_s"] = 2 * record["macs"] / record["cpu_median_s"] / 1e9
+        if peak:
+            record["fraction_of_matmul_peak"] = record["gflop_per_s"] / peak
+            record["cpu_fraction_of_matmul_peak"] = record["cpu_gflop_per_s"] / cpu_peak
+    for record in records.values():
+        emit(record)
+    pairs = []
+    for ours in (s["name"] for s in specs if s["role"] == "ours"):
+        for peer in (s["name"] for s in specs if s["role"] == "peer"):
+            pair = {"record": "ratio", "benchmark": "inference", "ours": ours, "peer": peer,
+                    "metric": "time ours/peer", **pair_statistics(times[ours], times[peer])}
+            emit(pair)
+            pairs.append(pair)
+    print()
+    print(f"Inference ({args.suite} suite), {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
+          f"{context['cpu']} ({context['cores']} cores), load average {context['load_average_1_5_15'][0]:.1f} "
+          f"at start, {context['load_average_at_end'][0]:.1f} at end; {args.repeats} alternating runs after "
+          f"{args.warmup} warm-up; {context['date']}")
+    print()
+    print(markdown_table(list(records.values()), [
+        ("case", "case", None), ("backbone", "backbone", None), ("output_stride", "OS", None),
+        ("median_s", "wall median s", "{:.3f}"), ("min_s", "min", "{:.3f}"), ("max_s", "max", "{:.3f}"),
+        ("cpu_median_s", "CPU s", "{:.3f}"), ("images_per_s", "img/s", "{:.2f}"), ("gmacs", "GMAC", "{:.1f}"),
+        ("gflop_per_s", "GFLOP/s (wall)", "{:.1f}"), ("fraction_of_matmul_peak", "of peak", "{:.0%}"),
+        ("cpu_gflop_per_s", "GFLOP/s (CPU)", "{:.1f}"), ("cpu_fraction_of_matmul_peak", "of peak", "{:.0%}"),
+        ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("max_abs_diff_vs_peer", "max diff vs peer", "{:.1e}")]))
+    if pairs:
+        print()
+        print(markdown_table(pairs, [
+            ("ours", "ours", None), ("peer", "peer", None), ("ratio_median", "wall ours/peer", "{:.2f}"),
+            ("ratio_min", "min", "{:.2f}"), ("ratio_max", "max", "{:.2f}"),
+            ("cpu_ratio_median", "CPU ours/peer", "{:.2f}"), ("cpu_ratio_min", "min", "{:.2f}"),
+            ("cpu_ratio_max", "max", "{:.2f}")]))
+
+
+if __name__ == "__main__":
+    main()

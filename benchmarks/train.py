@@ -1,0 +1,132 @@
+"""Training-step throughput (images/s), ours vs torchvision, with the paper's loss.
+
+    python benchmarks/train.py --backbone resnet50 --batch 2 --size 321 --repeats 3
+    python benchmarks/train.py --suite paper --batch 2 --size 321     # the paper's OS16 R101 and MobileNetV2
+
+One step = forward in training mode (BatchNorm on batch statistics, dropout on), per-pixel softmax
+cross-entropy ignoring label 255, backward, SGD with momentum 0.9 and weight decay 1e-4 (ours: the recipe of
+keras_deeplab.training.recipe through the compiled Keras train function, as `fit` runs it; torch: the loop a
+torch user writes). Synthetic images and labels (5 % ignored), the same on both sides; the torchvision-compatible
+model of ours starts from the peer's weights. Cases alternate run by run after warm-up (the warm-up of ours
+includes tracing); wall and CPU time per step are recorded.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+from harness import case_statistics, emit, machine_info, markdown_table, pair_statistics, run_cases
+
+# Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
+OUR_VARIANTS = {
+    "ours": ({}, {"atrous_implementation": "auto"}, {}),
+    "ours_native": ({}, {"atrous_implementation": "native"}, {}),
+    "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
+    "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
+    "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+}
+PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
+PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
+                "paper_r50_os16": {"backbone": "resnet50", "output_stride": 16},
+                "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16}}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=("peer", "paper"), default="peer")
+    parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=321, help="crop size")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--ours", default="ours,ours_native",
+                        help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
+    parser.add_argument("--peers", default="torchvision",
+                        help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
+    parser.add_argument("--paper-models", default="paper_r101_os16,mobilenet_v2_os16",
+                        help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
+    return parser.parse_args(argv)
+
+
+def case_specs(args, state_path):
+    specs = []
+    if args.suite == "peer":
+        for name in filter(None, args.peers.split(",")):
+            specs.append({"name": name, "factory": "cases:TorchTrainStep", "role": "peer",
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
+                                     **PEER_VARIANTS[name]}})
+        if not specs:
+            raise SystemExit("the peer suite needs at least one peer variant (--peers)")
+        for name in filter(None, args.ours.split(",")):
+            case_kwargs, model_kwargs, env = OUR_VARIANTS[name]
+            specs.append({"name": name, "factory": "cases:KerasTrainStep", "role": "ours", "env": env,
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
+                                     "model_kwargs": {"source": "torchvision", "state_path": state_path,
+                                                      **model_kwargs}}})
+    else:
+        for name in filter(None, args.paper_models.split(",")):
+            model = PAPER_MODELS[name]
+            specs.append({"name": name, "factory": "cases:KerasTrainStep", "role": "ours", **model,
+                          "kwargs": {"batch": args.batch, "size": args.size,
+                                     "model_kwargs": {"source": "paper", **model}}})
+    return specs
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    context = {"record": "context", "benchmark": "train", "suite": args.suite, "input_size": args.size,
+               "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
+    emit(context)
+    with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
+        state_path = os.path.join(folder, "torchvision_state.npz")
+        specs = case_specs(args, state_path)
+
+        def write_weights(spec, worker):
+            if spec["role"] == "peer" and not os.path.exists(state_path):
+                worker.call("save_state", state_path)
+
+        times, metas, _ = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=write_weights)
+    context["load_average_at_end"] = os.getloadavg()
+    records = []
+    for spec in specs:
+        stats = case_statistics(times[spec["name"]])
+        record = {"record": "measurement", "benchmark": "train", "case": spec["name"], "role": spec["role"],
+                  "backbone": spec["backbone"], "output_stride": spec["output_stride"], "batch": args.batch,
+                  "input_size": args.size, "threads": args.threads, **stats, **metas[spec["name"]],
+                  "images_per_s": args.batch / stats["median_s"]}
+        emit(record)
+        records.append(record)
+    pairs = []
+    for ours in (s["name"] for s in specs if s["role"] == "ours"):
+        for peer in (s["name"] for s in specs if s["role"] == "peer"):
+            pair = {"record": "ratio", "benchmark": "train", "ours": ours, "peer": peer,
+                    "metric": "step time ours/peer (images/s ours/peer is its inverse)",
+                    **pair_statistics(times[ours], times[peer])}
+            pair["images_per_s_ratio_median"] = 1.0 / pair["ratio_median"]
+            emit(pair)
+            pairs.append(pair)
+    print()
+    print(f"Training step ({args.suite} suite), crop {args.size}, batch {args.batch}, {args.threads} threads, "
+          f"{context['cpu']} ({context['cores']} cores), load average {context['load_average_1_5_15'][0]:.1f} "
+          f"at start, {context['load_average_at_end'][0]:.1f} at end; {args.repeats} alternating steps after "
+          f"{args.warmup} warm-up; {context['date']}")
+    print()
+    print(markdown_table(records, [
+        ("case", "case", None), ("backbone", "backbone", None), ("output_stride", "OS", None),
+        ("median_s", "step wall median s", "{:.2f}"), ("min_s", "min", "{:.2f}"), ("max_s", "max", "{:.2f}"),
+        ("cpu_median_s", "CPU s", "{:.2f}"), ("images_per_s", "img/s", "{:.3f}"),
+        ("first_step_s", "first step s", "{:.1f}"), ("peak_rss_mb", "peak RSS MiB", "{:.0f}")]))
+    if pairs:
+        print()
+        print(markdown_table(pairs, [
+            ("ours", "ours", None), ("peer", "peer", None), ("ratio_median", "step time ours/peer", "{:.2f}"),
+            ("ratio_min", "min", "{:.2f}"), ("ratio_max", "max", "{:.2f}"),
+            ("images_per_s_ratio_median", "img/s ours/peer", "{:.2f}"),
+            ("cpu_ratio_median", "CPU ours/peer", "{:.2f}")]))
+
+
+if __name__ == "__main__":
+    main()
