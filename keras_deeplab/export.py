@@ -6,7 +6,9 @@ Signatures (built with `keras.export.ExportArchive`, no XLA, float32 compute, JS
   `{"b64": ...}`) -> `labels` (int32 [-1, H, W]: each image's label map at its original size, padded with 255
   to the largest image of the request; with more than 255 classes crop by `image_size`), `label_png_bytes` (DT_STRING [-1]: the label map as a PNG, 8-bit, or
   16-bit above 256 classes; REST returns it as b64) and `image_size` (int32 [-1, 2]: height, width).
-  Bytes that are not an image fail with InvalidArgument (HTTP 400 in TF Serving).
+  Bytes that are not an image fail with InvalidArgument (HTTP 400 in TF Serving). Every input and output has
+  a batch dimension, so TF Serving's `--enable_batching` works (labels are then padded to the largest image
+  of the merged batch: crop with `image_size`).
 - `predict_images`: `images` (uint8 [-1, -1, -1, 3], one size per request) -> `labels` (int32 [-1, H, W]) and
   `probabilities` (float32 [-1, H, W, num_classes], softmax).
 
@@ -81,8 +83,9 @@ def _tf_inference_size(height, width, max_long_side):
 
     long_side = tf.maximum(height, width)
 
-    def scaled(side):
-        return tf.maximum(1, (2 * side * max_long_side + long_side) // (2 * long_side))
+    def scaled(side):  # in int64: 2 * side * max_long_side can pass int32's range
+        side, long = tf.cast(side, tf.int64), tf.cast(long_side, tf.int64)
+        return tf.cast(tf.maximum(tf.constant(1, tf.int64), (2 * side * max_long_side + long) // (2 * long)), tf.int32)
 
     shrink = long_side > max_long_side
     return tf.where(shrink, scaled(height), height), tf.where(shrink, scaled(width), width)

@@ -182,6 +182,8 @@ URL_SAFE = {"instances": [{"b64": base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 4).
 BAD_REQUESTS = [
     # (method, path suffix, body, status, text in the error)
     ("POST", ":predict", b"{not json", 400, "JSON Parse error"),
+    ("POST", ":predict", b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "JSON Parse error"),
+    ("POST", ":predict", b"[1, 2]", 400, "must be a JSON object"),
     ("POST", ":predict", {"instances": [1], "inputs": [1]}, 400, "only one of 'inputs' or 'instances'"),
     ("POST", ":predict", {"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances'"),
     ("POST", ":predict", {"inputs": {"images": [{"b64": "AAAA"}]}}, 400, "Missing named input: image_bytes"),

@@ -66,6 +66,8 @@ def parse_predict_body(body):
         raise ServingError(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
     except UnicodeDecodeError as error:
         raise ServingError(f"JSON Parse error: body is not UTF-8 text ({error.reason})") from None
+    except RecursionError:
+        raise ServingError("JSON Parse error: nested too deeply") from None
     if not isinstance(document, dict):
         raise ServingError(f"JSON Parse error: the request body must be a JSON object, got {_json_type(document)}")
     has_instances, has_inputs = "instances" in document, "inputs" in document

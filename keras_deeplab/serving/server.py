@@ -32,16 +32,13 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 log = logging.getLogger("keras_deeplab.serving")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8):
     """The ASGI app answering TF Serving's REST API for the models of a `ModelManager`.
 
     The manager is started (first poll, then background polling) when the app starts and stopped with it.
     """
     from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect
     from starlette.responses import Response
     from starlette.routing import Route
 
@@ -55,6 +52,8 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
             return await _handle(request)
         except ServingError as error:
             return json_response(error_body(error.message), error.status)
+        except ClientDisconnect:
+            return json_response(error_body("Client closed the request"), 499)
         except Exception as error:  # noqa: BLE001 - answer, log, and stay up
             log.exception("request %s %s failed", request.method, request.url.path)
             return json_response(error_body(f"Internal error: {type(error).__name__}: {error}"), 500)
@@ -93,26 +92,21 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
         raise ServingError(f"Malformed request: {request.method} {path}")
 
     async def _read_body(request):
+        """The body; past `max_body_bytes` the rest is read and dropped (up to a bound) and 413 is raised."""
         declared = request.headers.get("content-length", "")
-        try:
-            if declared.isdigit() and int(declared) > max_body_bytes:
-                raise _TooLarge
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > max_body_bytes:
-                    raise _TooLarge
+        too_large = declared.isdigit() and int(declared) > max_body_bytes
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            too_large = too_large or size > max_body_bytes
+            if not too_large:
                 chunks.append(chunk)
-            return b"".join(chunks)
-        except _TooLarge:
-            drained = 0
-            with contextlib.suppress(Exception):
-                async for chunk in request.stream():
-                    drained += len(chunk)
-                    if drained > _DRAIN_BYTES:
-                        break
+            elif size > max_body_bytes + _DRAIN_BYTES:
+                break  # stop reading; the connection closes after the reply
+        if too_large:
             raise ServingError(f"Request body too large: more than {max_body_bytes} bytes "
-                               "(the server's --max_body_bytes)", 413) from None
+                               "(the server's --max_body_bytes)", 413)
+        return b"".join(chunks)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
