@@ -560,10 +560,14 @@ def main(argv=None):
     if not os.path.exists(args.model):
         raise SystemExit(f"deeplab export: --model {args.model} does not exist")
     model = keras.saving.load_model(args.model, compile=False)
-    path = export_saved_model(model, args.base_dir, args.version, overwrite=args.overwrite,
-                              max_long_side=args.max_long_side, model_name=args.model_name,
-                              check_images=args.check_images, warmup_images=args.warmup_images,
-                              class_names=args.class_names, colormap=args.colormap)
+    try:
+        path = export_saved_model(model, args.base_dir, args.version, overwrite=args.overwrite,
+                                  max_long_side=args.max_long_side, model_name=args.model_name,
+                                  check_images=args.check_images, warmup_images=args.warmup_images,
+                                  class_names=args.class_names, colormap=args.colormap)
+    except (FileExistsError, ExportCheckError, ValueError) as error:
+        print(f"deeplab export: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
     print(f"exported and checked {path}")
     if args.models_config:
         name = args.model_name or Path(args.base_dir).resolve().name

@@ -239,7 +239,7 @@ def test_models_config_round_trip(tmp_path):
         write_models_config(path, [models[0], models[0]])
 
 
-def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monkeypatch):
+def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monkeypatch, capsys):
     model_file = tmp_path / "model.keras"
     model.save(model_file)
     calls = []
@@ -261,3 +261,10 @@ def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monk
         ("other", "/models/other"), ("deeplabv3", "/models/deeplabv3")]
     with pytest.raises(SystemExit):
         export.main(["--model", str(tmp_path / "missing.keras")])
+
+    def refusing_export(*args, **kwargs):
+        raise FileExistsError("deeplabv3/7 already exists")
+
+    monkeypatch.setattr(export, "export_saved_model", refusing_export)
+    assert export.main(["--model", str(model_file), "--version", "7"]) == 1
+    assert "deeplabv3/7 already exists" in capsys.readouterr().err
