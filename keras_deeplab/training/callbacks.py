@@ -38,7 +38,7 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        step = int(self.model.optimizer.iterations)
+        step = int(self.model.optimizer.iterations.numpy())
         learning_rate = float(self.model.optimizer.learning_rate)
         kept = f" The last epoch backup is kept in {self.backup_dir}." if self.backup_dir else ""
         raise TrainingDivergedError(
@@ -53,7 +53,7 @@ class StepLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["step"] = int(self.model.optimizer.iterations)
+            logs["step"] = int(self.model.optimizer.iterations.numpy())
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
 
 

@@ -74,3 +74,14 @@ def get_strategy(kind="auto", logical_cpus=None):
         gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
         return tf.distribute.MirroredStrategy(gpus or cpus or None)
     return tf.distribute.get_strategy()
+
+
+def describe(strategy):
+    """A short name of `strategy` and its replica count, for logs."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"
+    elif strategy is tf.distribute.get_strategy():
+        name = "default strategy"
+    else:
+        name = type(strategy).__name__
+    return f"{name} with {strategy.num_replicas_in_sync} replica(s)"

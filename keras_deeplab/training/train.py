@@ -19,13 +19,15 @@ import sys
 import keras
 import yaml
 
-from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, train_dataset
+import tensorflow as tf
+
+from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, tfrecord_files, train_dataset
 from keras_deeplab.model import DeepLabV3
 from keras_deeplab.training import multi_worker
 from keras_deeplab.training.callbacks import MODEL_FILE, TrainingDivergedError, training_callbacks
 from keras_deeplab.training.evaluate import load_model
 from keras_deeplab.training.recipe import compile_model, freeze_batch_norm
-from keras_deeplab.training.strategy import get_strategy
+from keras_deeplab.training.strategy import describe, get_strategy
 
 EXIT_DIVERGED = 3
 
@@ -145,6 +147,19 @@ def build_model(model_config, num_classes, train_config):
     return model
 
 
+def shard_by_worker(dataset, num_files, strategy):
+    """Lets each worker of a multi-worker strategy read its own TFRecord files when there are enough of them,
+    and otherwise its own share of the examples (tf.data's default, file sharding, fails with fewer files than
+    workers). Examples are then split after shuffling, so multi-worker runs need train.seed set to partition
+    the data exactly."""
+    workers = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+    if workers < 2 or num_files >= workers:
+        return dataset
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def train(config, data_dir, model_dir, *, verbose=1):
     """Trains the DeepLabV3 described by `config` (sections as in DEFAULTS, missing keys defaulted) on the
     prepared dataset at `data_dir`, writing to `model_dir`; resumes an interrupted run in the same model_dir.
@@ -158,8 +173,11 @@ def train(config, data_dir, model_dir, *, verbose=1):
     if train_cfg["batch_size"] % replicas:
         raise ValueError(f"train.batch_size {train_cfg['batch_size']} must be divisible by the {replicas} replicas")
     if verbose:
-        print(f"deeplab train: {type(strategy).__name__} with {replicas} replica(s), global batch "
+        print(f"deeplab train: {describe(strategy)}, global batch "
               f"{train_cfg['batch_size']}, {train_cfg['steps']} steps")
+        if replicas > 1 and not model_cfg["synchronized_bn"]:
+            print("deeplab train: note: without model.synchronized_bn=true every replica keeps BatchNorm statistics "
+                  "of its own examples and the first replica's are saved (Keras 3.15)")
     validate = eval_cfg["split"] is not None
     if validate and eval_cfg["split"] not in info["splits"]:
         raise ValueError(f"eval.split {eval_cfg['split']!r} is not in {data_dir} (splits: {sorted(info['splits'])}); "
@@ -186,16 +204,21 @@ def train(config, data_dir, model_dir, *, verbose=1):
         min_scale=data_cfg["min_scale"], max_scale=data_cfg["max_scale"], flip=data_cfg["flip"],
         ignore_label=info["ignore_label"], shuffle_buffer=data_cfg["shuffle_buffer"], seed=train_cfg["seed"],
         resize=data_cfg["resize"])
-    val_data = val_steps = None
+    train_data = shard_by_worker(train_data, len(tfrecord_files(data_dir, data_cfg["train_split"])), strategy)
+    val_data = None
     if validate:
         # One whole image per replica (eval_dataset pads different sizes within a batch with the ignore label).
         val_data = eval_dataset(data_dir, eval_cfg["split"], batch_size=replicas, resize=data_cfg["resize"])
+        val_data = shard_by_worker(val_data, len(tfrecord_files(data_dir, eval_cfg["split"])), strategy)
         val_images = min(info["splits"][eval_cfg["split"]], eval_cfg["max_images"] or math.inf)
         val_steps = math.ceil(val_images / replicas)
+        # A known length: with validation_steps instead, Keras 3.15 under a strategy reuses the exhausted
+        # iterator of the previous validation for its symbolic build and stops with StopIteration.
+        val_data = val_data.take(val_steps).apply(tf.data.experimental.assert_cardinality(val_steps))
 
     steps_per_epoch = min(train_cfg["steps_per_epoch"], train_cfg["steps"])
     history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_data, validation_steps=val_steps, shuffle=False, verbose=verbose,
+                        validation_data=val_data, shuffle=False, verbose=verbose,
                         callbacks=training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"]))
     model_path = os.path.join(run_dir, MODEL_FILE)
     if validate and os.path.exists(model_path):

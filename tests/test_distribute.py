@@ -1,0 +1,108 @@
+"""`model.fit` under tf.distribute on one CPU machine, in subprocesses (strategies must be set up before
+TensorFlow starts): two MultiWorkerMirroredStrategy workers on 127.0.0.1 train in lock-step through
+`deeplab train`; MirroredStrategy over two logical CPUs with synchronized BatchNorm trains too, and its
+BatchNorm statistics are those of the global batch (without synchronization, the first replica's)."""
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from helpers.training_data import TINY_CONFIG, run, subprocess_env, train_command, write_synthetic_dataset
+from keras_deeplab.training.callbacks import CSV_FILE, MODEL_FILE, read_csv_log
+from keras_deeplab.training.evaluate import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_dataset(path)
+    return path
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_in_lock_step(synthetic_dir, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    # Global batch 4 (2 per worker), 2 epochs of 2 steps. Synchronized BN: without it each worker would keep the
+    # BatchNorm statistics of its own examples (see the last test), and only the trainable weights would agree.
+    command = train_command(synthetic_dir, tmp_path, extra=["--set", "model.synchronized_bn=true"])
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                                         "task": {"type": "worker", "index": i}})))
+               for i in range(2)]
+    try:
+        outputs = [worker.communicate(timeout=500) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr[-3000:]
+        assert "MultiWorkerMirroredStrategy with 2 replica(s), global batch 4" in stdout
+    # The chief writes to model_dir, worker 1 to model_dir/worker1 (one directory per worker).
+    chief_log, worker_log = read_csv_log(tmp_path / CSV_FILE), read_csv_log(tmp_path / "worker1" / CSV_FILE)
+    assert [row["step"] for row in chief_log] == [2, 4]
+    assert chief_log == worker_log  # same losses and metrics, though each worker read different examples
+    chief, worker = load_model(str(tmp_path / MODEL_FILE)), load_model(str(tmp_path / "worker1" / MODEL_FILE))
+    for a, b in zip(chief.get_weights(), worker.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mirrored_strategy_on_two_logical_cpus_with_synchronized_bn(synthetic_dir, tmp_path):
+    extra = ["--set", "distribute.logical_cpus=2", "--set", "model.synchronized_bn=true"]
+    result = run(train_command(synthetic_dir, tmp_path, extra=extra), timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy with 2 replica(s), global batch 4" in result.stdout
+    rows = read_csv_log(tmp_path / CSV_FILE)
+    assert [row["step"] for row in rows] == [2, 4] and all(np.isfinite(row["val_loss"]) for row in rows)
+    assert load_model(str(tmp_path)).synchronized_bn
+
+
+BATCH_NORM_SCRIPT = textwrap.dedent("""
+    import json
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from keras_deeplab.training.strategy import get_strategy
+
+    strategy = get_strategy("mirrored", logical_cpus=2)
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    x[4:] += 5.0  # the second replica's half of the batch has another mean
+    result = {"replicas": strategy.num_replicas_in_sync}
+    for synchronized in (True, False):
+        with strategy.scope():
+            bn = keras.layers.BatchNormalization(momentum=0.0, synchronized=synchronized)
+            model = keras.Sequential([keras.Input((3,)), bn])
+            model.compile(keras.optimizers.SGD(0.0), loss="mse")
+        model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
+        result[str(synchronized)] = [bn.moving_mean.numpy().tolist(), bn.moving_variance.numpy().tolist()]
+    print(json.dumps(result))
+""")
+
+
+def test_synchronized_batch_norm_uses_the_global_batch_statistics():
+    result = run([sys.executable, "-c", BATCH_NORM_SCRIPT], timeout=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["replicas"] == 2
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    x[4:] += 5.0
+    # Momentum 0: the moving statistics are the last batch's. Synchronized: the global batch's.
+    np.testing.assert_allclose(stats["True"][0], x.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["True"][1], x.var(0), rtol=1e-4)
+    # Not synchronized (Keras 3.15): each replica updates its own copy, and the first replica's is read and saved.
+    np.testing.assert_allclose(stats["False"][0], x[:4].mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats["False"][1], x[:4].var(0), rtol=1e-4)
