@@ -152,8 +152,9 @@ def shard_by_worker(dataset, num_files, strategy):
     and otherwise its own share of the examples (tf.data's default, file sharding, fails with fewer files than
     workers). Examples are then split after shuffling, so multi-worker runs need train.seed set to partition
     the data exactly."""
-    workers = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
-    if workers < 2 or num_files >= workers:
+    if not multi_worker.is_multi_worker(strategy):
+        return dataset
+    if num_files >= strategy.num_replicas_in_sync // len(strategy.extended.worker_devices):  # files >= workers
         return dataset
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
