@@ -62,13 +62,16 @@ def test_two_workers_train_in_lock_step(synthetic_dir, tmp_path):
 
 
 def test_mirrored_strategy_on_two_logical_cpus_with_synchronized_bn(synthetic_dir, tmp_path):
-    extra = ["--set", "distribute.logical_cpus=2", "--set", "model.synchronized_bn=true"]
+    extra = ["--set", "distribute.logical_cpus=2", "--set", "model.synchronized_bn=true",
+             "--set", "train.tensorboard=true"]
     result = run(train_command(synthetic_dir, tmp_path, extra=extra), timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MirroredStrategy with 2 replica(s), global batch 4" in result.stdout
     rows = read_csv_log(tmp_path / CSV_FILE)
     assert [row["step"] for row in rows] == [2, 4] and all(np.isfinite(row["val_loss"]) for row in rows)
     assert load_model(str(tmp_path)).synchronized_bn
+    for part in ("train", "validation"):  # TensorBoard event files
+        assert list((tmp_path / "logs" / part).glob("events.out.tfevents.*"))
 
 
 BATCH_NORM_SCRIPT = textwrap.dedent("""

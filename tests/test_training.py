@@ -16,7 +16,7 @@ from keras_deeplab.data.pipeline import eval_dataset
 from keras_deeplab.training import callbacks as cb
 from keras_deeplab.training import evaluate as ev
 from keras_deeplab.training import multi_worker, recipe, strategy
-from keras_deeplab.training.train import DEFAULTS, load_config, parse_override, resolve_config
+from keras_deeplab.training.train import DEFAULTS, build_model, load_config, parse_override, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 RNG = np.random.default_rng(0)
@@ -117,22 +117,21 @@ def test_weight_decay_is_an_l2_penalty_on_conv_kernels_only():
     assert not model.losses
 
 
-def test_frozen_batch_norm_keeps_its_statistics_during_fit():
+def test_frozen_batch_norm_keeps_its_statistics_in_training_mode():
     model = DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=8, bn_momentum=0.5)
-    frozen = recipe.freeze_batch_norm(model)
     bns = [layer for layer in model._flatten_layers(include_self=False)
            if isinstance(layer, keras.layers.BatchNormalization)]
-    assert frozen == len(bns) > 0
-    before = [bn.moving_mean.numpy().copy() for bn in bns]
-    recipe.compile_model(model, num_classes=3, steps=2, learning_rate=0.01)
     images = RNG.uniform(0, 255, (2, 33, 33, 3)).astype("float32")
-    labels = RNG.integers(0, 3, (2, 33, 33))
-    assert not any(bn.trainable_weights for bn in bns)  # gamma and beta are frozen too
-    bias_before = model.get_layer("logits_conv").bias.numpy().copy()
-    model.fit(images, labels, epochs=1, batch_size=2, verbose=0)
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    model(images, training=True)
+    assert any(not np.array_equal(bn.moving_mean.numpy(), mean) for bn, mean in zip(bns, before))
+    assert recipe.freeze_batch_norm(model) == len(bns) > 0
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    model(images, training=True)
     for bn, mean in zip(bns, before):
         np.testing.assert_array_equal(bn.moving_mean.numpy(), mean)
-    assert not np.allclose(model.get_layer("logits_conv").bias.numpy(), bias_before)  # the rest trains
+    frozen = {id(v) for bn in bns for v in bn.weights}
+    assert model.trainable_weights and not frozen & {id(v) for v in model.trainable_weights}
 
 
 # ---- configs ------------------------------------------------------------------------------------------------
@@ -305,3 +304,33 @@ def test_evaluate_cli_prints_and_writes_json(synthetic_dir, tmp_path, capsys):
     assert (tmp_path / "eval_val.json").exists()  # default: beside the model
     with pytest.raises(FileNotFoundError, match="no saved model"):
         ev.load_model(str(tmp_path / "missing"))
+
+
+# ---- model building: init checkpoint (OS16 -> OS8 stage), mixed precision -------------------------------------
+
+SMALL_MODEL = {**DEFAULTS["model"], "backbone": "mobilenet_v2", "aspp_filters": 8}
+
+
+def test_second_stage_starts_from_the_os16_weights_at_os8_with_frozen_bn(tmp_path):
+    first = DeepLabV3(3, **{**SMALL_MODEL, "atrous_rates": [6, 12, 18]})
+    first.save(tmp_path / "os16.keras")
+    train_config = {**DEFAULTS["train"], "init_checkpoint": str(tmp_path / "os16.keras"), "freeze_bn": True}
+    second = build_model({**SMALL_MODEL, "output_stride": 8, "atrous_rates": [12, 24, 36]}, 3, train_config)
+    assert second.output_stride == 8 and second.get_layer("aspp").atrous_rates == (12, 24, 36)
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not any(layer.trainable for layer in second._flatten_layers(include_self=False)
+                   if isinstance(layer, keras.layers.BatchNormalization))
+    with pytest.raises(ValueError, match="init_checkpoint .* do not fit"):
+        build_model({**SMALL_MODEL, "aspp_filters": 16}, 3, train_config)
+
+
+def test_mixed_precision_keeps_float32_logits_and_scales_the_loss():
+    train_config = {**DEFAULTS["train"], "mixed_precision": "mixed_float16"}
+    model = build_model(SMALL_MODEL, 3, train_config)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert model.get_layer("Conv1").compute_dtype == "float16"
+    recipe.compile_model(model, num_classes=3, steps=1)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    logits = model(RNG.uniform(0, 255, (1, 33, 33, 3)).astype("float32"))
+    assert logits.dtype == "float32" and np.all(np.isfinite(logits.numpy()))
