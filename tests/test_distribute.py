@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers.training_data import TINY_CONFIG, run, subprocess_env, train_command, write_synthetic_dataset
+from helpers.training_data import run, subprocess_env, train_command, write_synthetic_dataset
 from keras_deeplab.training.callbacks import CSV_FILE, MODEL_FILE, read_csv_log
 from keras_deeplab.training.evaluate import load_model
 
@@ -37,12 +37,14 @@ def free_ports(count):
 
 def test_two_workers_train_in_lock_step(synthetic_dir, tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    # Global batch 4 (2 per worker), 2 epochs of 2 steps. Synchronized BN: without it each worker would keep the
-    # BatchNorm statistics of its own examples (see the last test), and only the trainable weights would agree.
+    # Global batch 4 (2 per worker), 2 epochs of 2 steps. Synchronized BN: without it each worker would keep
+    # the BatchNorm statistics of its own examples (see the last test); only trainable weights would agree.
     command = train_command(synthetic_dir, tmp_path, extra=["--set", "model.synchronized_bn=true"])
+    def tf_config(index):
+        return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
     workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=subprocess_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                                                         "task": {"type": "worker", "index": i}})))
+                                env=subprocess_env(TF_CONFIG=tf_config(i)))
                for i in range(2)]
     try:
         outputs = [worker.communicate(timeout=500) for worker in workers]
@@ -106,6 +108,6 @@ def test_synchronized_batch_norm_uses_the_global_batch_statistics():
     # Momentum 0: the moving statistics are the last batch's. Synchronized: the global batch's.
     np.testing.assert_allclose(stats["True"][0], x.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["True"][1], x.var(0), rtol=1e-4)
-    # Not synchronized (Keras 3.15): each replica updates its own copy, and the first replica's is read and saved.
+    # Not synchronized (Keras 3.15): each replica updates its own copy; the first replica's is read and saved.
     np.testing.assert_allclose(stats["False"][0], x[:4].mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["False"][1], x[:4].var(0), rtol=1e-4)

@@ -41,7 +41,7 @@ def synthetic_dir(tmp_path_factory):
 
 
 def colour_oracle():
-    """A 1x1-conv model that reads the synthetic classes off the colours: logit1 = R - 160, logit2 = B - 160."""
+    """A 1x1-conv model reading the synthetic classes off the colours: logit1 = R - 160, logit2 = B - 160."""
     images = keras.Input((None, None, 3))
     conv = keras.layers.Conv2D(3, 1)
     model = keras.Model(images, conv(images))
@@ -51,7 +51,7 @@ def colour_oracle():
     return model
 
 
-# ---- recipe -------------------------------------------------------------------------------------------------
+# ---- recipe
 
 def test_loss_is_cross_entropy_averaged_over_non_ignored_pixels():
     logits = RNG.normal(size=(2, 5, 6, 4)).astype("float32")
@@ -59,7 +59,8 @@ def test_loss_is_cross_entropy_averaged_over_non_ignored_pixels():
     labels[0, :2] = 255
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     valid = labels != 255
-    expected = -np.mean(np.take_along_axis(log_probs, np.where(valid, labels, 0)[..., None], -1)[..., 0][valid])
+    picked = np.take_along_axis(log_probs, np.where(valid, labels, 0)[..., None], -1)[..., 0]
+    expected = -np.mean(picked[valid])
     loss = float(recipe.segmentation_loss()(labels, logits))
     assert loss == pytest.approx(expected, rel=1e-5)
 
@@ -134,7 +135,7 @@ def test_frozen_batch_norm_keeps_its_statistics_in_training_mode():
     assert model.trainable_weights and not frozen & {id(v) for v in model.trainable_weights}
 
 
-# ---- configs ------------------------------------------------------------------------------------------------
+# ---- configs
 
 def test_every_shipped_config_loads():
     names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -156,7 +157,8 @@ def test_table5_configs_are_the_papers_rows():
     for row, (multi_grid, rates, pooling) in expected.items():
         config = load_config(CONFIGS / f"voc_table5_{row}.yaml")
         model = config["model"]
-        assert (model["multi_grid"], model["atrous_rates"], model["image_pooling"]) == (multi_grid, rates, pooling)
+        assert model["multi_grid"] == multi_grid and model["atrous_rates"] == rates
+        assert model["image_pooling"] == pooling
         assert (model["backbone"], model["output_stride"]) == ("resnet101", 16)
         train = config["train"]
         assert (train["batch_size"], train["steps"], train["learning_rate"], config["data"]["crop_size"]) == (
@@ -165,7 +167,8 @@ def test_table5_configs_are_the_papers_rows():
 
 
 def test_config_base_chain_overrides_and_errors(tmp_path):
-    (tmp_path / "base.yaml").write_text("train:\n  steps: 100\n  steps_per_epoch: 10\nmodel:\n  backbone: resnet50\n")
+    (tmp_path / "base.yaml").write_text(
+        "train:\n  steps: 100\n  steps_per_epoch: 10\nmodel:\n  backbone: resnet50\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  steps: 40\n")
     config = load_config(tmp_path / "child.yaml", ["model.aspp_filters=32", "data.crop_size=65"])
     assert config["train"]["steps"] == 40 and config["train"]["steps_per_epoch"] == 10
@@ -185,14 +188,16 @@ def test_config_base_chain_overrides_and_errors(tmp_path):
         load_config(None, ["train.mixed_precision=float8"])
 
 
-# ---- strategy and multi-worker workaround ---------------------------------------------------------------------
+# ---- strategy and multi-worker workaround
 
 def test_strategy_choice_on_a_cpu_machine(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("TPU_NAME", raising=False)
     chosen = strategy.get_strategy("auto")
-    assert chosen is tf.distribute.get_strategy() and strategy.describe(chosen) == "default strategy with 1 replica(s)"
-    two = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}})
+    assert chosen is tf.distribute.get_strategy()
+    assert strategy.describe(chosen) == "default strategy with 1 replica(s)"
+    two = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                      "task": {"type": "worker", "index": 0}})
     assert strategy.cluster_size(two) == 2
     assert strategy.cluster_size(json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}})) == 2
     assert strategy.cluster_size("") == 0
@@ -207,7 +212,7 @@ def test_strategy_choice_on_a_cpu_machine(monkeypatch):
     assert multi_worker.patch_model(model, chosen) is model and model.train_step == step
 
 
-# ---- callbacks ----------------------------------------------------------------------------------------------
+# ---- callbacks
 
 def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -218,7 +223,8 @@ def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
     seen = []
     recorder = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
     with pytest.raises(cb.TrainingDivergedError, match=r"loss is nan at step 3 \(epoch 1, batch 3"):
-        model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0, callbacks=[cb.StopOnNaN(str(tmp_path)), recorder])
+        model.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[cb.StopOnNaN(str(tmp_path)), recorder])
     assert seen == [0, 1]  # stopped at the first NaN batch
 
 
@@ -238,7 +244,7 @@ def test_resumed_run_trims_the_csv_log_and_keeps_the_best_value(tmp_path):
     assert next(c for c in callbacks if isinstance(c, keras.callbacks.CSVLogger)).append
 
 
-# ---- evaluation ---------------------------------------------------------------------------------------------
+# ---- evaluation
 
 def test_predictor_averages_probabilities_over_scales_and_flips():
     model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3, padding="same")])
@@ -250,11 +256,13 @@ def test_predictor_averages_probabilities_over_scales_and_flips():
     single = ev.make_predictor(model)(images).numpy()
     np.testing.assert_allclose(single, probs(images), atol=1e-6)
     flipped = ev.make_predictor(model, flip=True)(images).numpy()
-    np.testing.assert_allclose(flipped, (probs(images) + probs(images[:, :, ::-1])[:, :, ::-1]) / 2, atol=1e-6)
+    mirrored = probs(images[:, :, ::-1])[:, :, ::-1]
+    np.testing.assert_allclose(flipped, (probs(images) + mirrored) / 2, atol=1e-6)
     assert not np.allclose(flipped, single, atol=1e-3)  # the conv is not flip-symmetric
     half = tf.image.resize(images, (6, 5)).numpy()
     expected = (probs(images) + tf.nn.softmax(tf.image.resize(model(half), (12, 10))).numpy()) / 2
-    np.testing.assert_allclose(ev.make_predictor(model, scales=(1.0, 0.5))(images).numpy(), expected, atol=1e-6)
+    two_scales = ev.make_predictor(model, scales=(1.0, 0.5))(images).numpy()
+    np.testing.assert_allclose(two_scales, expected, atol=1e-6)
     with pytest.raises(ValueError, match="scales"):
         ev.make_predictor(model, scales=(0.0,))
 
@@ -306,7 +314,7 @@ def test_evaluate_cli_prints_and_writes_json(synthetic_dir, tmp_path, capsys):
         ev.load_model(str(tmp_path / "missing"))
 
 
-# ---- model building: init checkpoint (OS16 -> OS8 stage), mixed precision -------------------------------------
+# ---- model building: init checkpoint (OS16 -> OS8 stage), mixed precision
 
 SMALL_MODEL = {**DEFAULTS["model"], "backbone": "mobilenet_v2", "aspp_filters": 8}
 

@@ -1,5 +1,5 @@
-"""Fault tolerance of `deeplab train` in subprocesses: a run killed with SIGKILL resumes from its last backed-up
-epoch with nothing lost or repeated, and a diverging run stops with a clear message and exit code 3."""
+"""Fault tolerance of `deeplab train` in subprocesses: a run killed with SIGKILL resumes from its last
+backed-up epoch with nothing lost or repeated; a diverging run stops with a clear message and exit code 3."""
 import os
 import re
 import signal
@@ -26,7 +26,8 @@ def test_killed_run_resumes_from_the_last_epoch_without_repeating(synthetic_dir,
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps": 10, "steps_per_epoch": 2}}  # 5 epochs
     command = train_command(synthetic_dir, tmp_path, config)
     backup = tmp_path / BACKUP_DIR
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=subprocess_env())
     try:
         deadline = time.monotonic() + 400
         while (backed_up_epoch(backup) or 0) < 2:  # two epochs done and backed up
@@ -58,7 +59,8 @@ def test_diverging_run_exits_with_a_clear_message(synthetic_dir, tmp_path):
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps": 4, "steps_per_epoch": 4}}
     result = run(train_command(synthetic_dir, tmp_path, config, extra=["--learning_rate", "1e12"]))
     assert result.returncode == EXIT_DIVERGED, result.stderr[-3000:]
-    message = re.search(r"deeplab train: Training diverged: the loss is (nan|inf) at step (\d)", result.stderr)
+    message = re.search(r"deeplab train: Training diverged: the loss is (nan|inf) at step (\d)",
+                        result.stderr)
     assert message and 1 <= int(message[2]) <= 4
     assert "Lower train.learning_rate" in result.stderr
     assert not os.path.exists(tmp_path / MODEL_FILE)  # nothing saved from a diverged run

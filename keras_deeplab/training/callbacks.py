@@ -43,8 +43,8 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
         kept = f" The last epoch backup is kept in {self.backup_dir}." if self.backup_dir else ""
         raise TrainingDivergedError(
             f"Training diverged: the loss is {float(loss)} at step {step} (epoch {self.epoch + 1}, batch "
-            f"{batch + 1}, learning rate {learning_rate:.4g}). Lower train.learning_rate or check the data for "
-            f"invalid pixels or labels.{kept}")
+            f"{batch + 1}, learning rate {learning_rate:.4g}). Lower train.learning_rate or check the data "
+            f"for invalid pixels or labels.{kept}")
 
 
 class StepLogger(keras.callbacks.Callback):
@@ -102,7 +102,8 @@ def training_callbacks(run_dir, *, validate=True, tensorboard=True, monitor="val
     callbacks = [StopOnNaN(backup_dir), StepLogger(),
                  keras.callbacks.CSVLogger(csv_path, append=resume_epoch is not None)]
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, TENSORBOARD_DIR), write_graph=False))
+        log_dir = os.path.join(run_dir, TENSORBOARD_DIR)
+        callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
     if validate:
         earlier = [row[monitor] for row in read_csv_log(csv_path) if monitor in row] if resume_epoch else []
         callbacks.append(keras.callbacks.ModelCheckpoint(

@@ -20,9 +20,9 @@ PAPER_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 def make_predictor(model, scales=(1.0,), flip=False):
-    """A tf.function mapping images [N, H, W, 3] to class probabilities [N, H, W, C]: the softmax of the model's
-    logits, averaged over the input rescaled by each of `scales` (logits resized back to H, W) and, with
-    `flip`, over the left-right flipped inputs too."""
+    """A tf.function mapping images [N, H, W, 3] to class probabilities [N, H, W, C]: the softmax of the
+    model's logits, averaged over the input rescaled by each of `scales` (logits resized back to H, W) and,
+    with `flip`, over the left-right flipped inputs too."""
     scales = tuple(float(s) for s in scales)
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive numbers, got {scales}")
@@ -35,7 +35,8 @@ def make_predictor(model, scales=(1.0,), flip=False):
             scaled_size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
             scaled = images if scale == 1 else tf.image.resize(images, scaled_size, method="bilinear")
             for flipped in (False, True) if flip else (False,):
-                logits = tf.cast(model(tf.reverse(scaled, [2]) if flipped else scaled, training=False), tf.float32)
+                inputs = tf.reverse(scaled, [2]) if flipped else scaled
+                logits = tf.cast(model(inputs, training=False), tf.float32)
                 if flipped:
                     logits = tf.reverse(logits, [2])
                 if scale != 1:
@@ -48,7 +49,8 @@ def make_predictor(model, scales=(1.0,), flip=False):
 
 
 def confusion_matrix(labels, predictions, num_classes, ignore_label=255):
-    """[num_classes, num_classes] int64 counts (rows: true class, columns: predicted), `ignore_label` dropped."""
+    """[num_classes, num_classes] int64 counts (rows: true class, columns: predicted class), without the
+    pixels labelled `ignore_label`."""
     labels = tf.reshape(tf.cast(labels, tf.int64), [-1])
     predictions = tf.reshape(tf.cast(predictions, tf.int64), [-1])
     valid = tf.not_equal(labels, ignore_label)
@@ -98,7 +100,8 @@ def evaluate(model, data_dir, split="val", scales=(1.0,), flip=False, *, output_
         dataset, total = dataset.take(int(max_images)), min(total, int(max_images))
     confusion = np.zeros((num_classes, num_classes), np.int64)
     count, start = 0, time.perf_counter()
-    for images, labels in tqdm(dataset, total=total, desc=f"evaluate {split}", unit="img", disable=not progress):
+    bar = tqdm(dataset, total=total, desc=f"evaluate {split}", unit="img", disable=not progress)
+    for images, labels in bar:
         confusion += image_confusion(images, labels).numpy()
         count += int(images.shape[0])
     report = iou_report(confusion, info["class_names"])
@@ -144,14 +147,18 @@ def _scales(text):
 def _parser():
     parser = argparse.ArgumentParser(prog="deeplab evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a .keras file, or a training model_dir holding model.keras")
+    parser.add_argument("--model", required=True,
+                        help="a .keras file, or a training model_dir holding model.keras")
     parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--scales", type=_scales, default=(1.0,), help="comma-separated input scales (default 1)")
+    parser.add_argument("--scales", type=_scales, default=(1.0,),
+                        help="comma-separated input scales (default 1)")
     parser.add_argument("--multi_scale", action="store_true", help=f"use the paper's scales {PAPER_SCALES}")
     parser.add_argument("--flip", action="store_true", help="also average over left-right flipped inputs")
-    parser.add_argument("--output_stride", type=int, choices=(8, 16, 32), help="evaluate at this output stride")
-    parser.add_argument("--resize", type=float, help="rescale images and labels first (as in training's data.resize)")
+    parser.add_argument("--output_stride", type=int, choices=(8, 16, 32),
+                        help="evaluate at this output stride")
+    parser.add_argument("--resize", type=float,
+                        help="rescale images and labels first (as training's data.resize does)")
     parser.add_argument("--max_images", type=int, help="evaluate only the first N images")
     parser.add_argument("--output", help="JSON report path (default: eval_<split>.json beside the model)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")

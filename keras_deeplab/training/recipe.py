@@ -1,10 +1,10 @@
 """The DeepLabv3 training recipe: loss, metric, poly learning rate, SGD with weight decay, frozen BatchNorm.
 
 Weight decay is an explicit L2 penalty `weight_decay / 2 * sum(w**2)` on every convolution kernel (not on
-BatchNorm parameters or biases), added to the loss as in the reference TF DeepLab code (`slim.l2_regularizer`):
-its gradient `weight_decay * w` goes through SGD's momentum like the data gradient. Keras' built-in
-`weight_decay` is *decoupled* (AdamW-style, `w -= lr * wd * w` outside the momentum), which with momentum 0.9
-decays about ten times less than the paper's setting, so it is not used.
+BatchNorm parameters or biases), added to the loss as in the reference TF DeepLab code
+(`slim.l2_regularizer`): its gradient `weight_decay * w` goes through SGD's momentum like the data gradient.
+Keras' built-in `weight_decay` is *decoupled* (AdamW-style, `w -= lr * wd * w` outside the momentum), which
+with momentum 0.9 decays about ten times less than the paper's setting, so it is not used.
 """
 import keras
 
@@ -13,7 +13,7 @@ CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)  # AtrousConv2
 
 
 def segmentation_loss(ignore_label=IGNORE_LABEL):
-    """Per-pixel softmax cross-entropy on logits, averaged over the pixels whose label is not `ignore_label`."""
+    """Per-pixel softmax cross-entropy on logits, averaged over the pixels not labelled `ignore_label`."""
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_label)
 
 

@@ -12,7 +12,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 
 
 def cluster_size(tf_config=None):
-    """How many tasks (chief + workers) the `TF_CONFIG` environment variable (or `tf_config`) names; 0 if unset."""
+    """How many tasks (chief + workers) the `TF_CONFIG` environment variable (or `tf_config`) names;
+    0 if unset."""
     raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
     if not raw:
         return 0
@@ -30,8 +31,8 @@ def split_cpu(count):
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
     except RuntimeError as err:
-        raise RuntimeError(f"distribute.logical_cpus={count} must be set before TensorFlow starts its devices "
-                           "(run it in a fresh process, e.g. the `deeplab train` command)") from err
+        raise RuntimeError(f"distribute.logical_cpus={count} must be set before TensorFlow starts its "
+                           "devices (run it in a fresh process, e.g. the `deeplab train` command)") from err
     return [device.name for device in tf.config.list_logical_devices("CPU")]
 
 

@@ -35,11 +35,11 @@ DEFAULTS = {
     # Keyword arguments of DeepLabV3 (num_classes comes from the dataset).
     "model": {"backbone": "resnet101", "output_stride": 16, "multi_grid": [1, 2, 4], "atrous_rates": None,
               "image_pooling": True, "aspp_filters": 256, "aspp_dropout": 0.0, "head_conv": False,
-              "preprocessing": "auto", "backbone_weights": None, "bn_momentum": 0.9997, "synchronized_bn": False,
-              "atrous_implementation": "auto"},
+              "preprocessing": "auto", "backbone_weights": None, "bn_momentum": 0.9997,
+              "synchronized_bn": False, "atrous_implementation": "auto"},
     # Training input (keras_deeplab.data.pipeline.train_dataset); resize rescales every image first.
-    "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0, "flip": True,
-             "resize": None, "shuffle_buffer": 256},
+    "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0,
+             "flip": True, "resize": None, "shuffle_buffer": 256},
     # Global batch size and steps; poly learning rate lr * (1 - step / steps) ** lr_power.
     "train": {"batch_size": 16, "steps": 30000, "steps_per_epoch": 1000, "learning_rate": 0.007,
               "lr_power": 0.9, "end_learning_rate": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
@@ -111,11 +111,13 @@ def check_config(config):
         raise ValueError(f"train.steps ({train['steps']}) must be a multiple of train.steps_per_epoch "
                          f"({train['steps_per_epoch']})")
     if train["mixed_precision"] not in MIXED_PRECISION:
-        raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train['mixed_precision']!r}")
+        raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, "
+                         f"got {train['mixed_precision']!r}")
     crop = data["crop_size"]
     crop = [crop, crop] if isinstance(crop, int) else list(crop)
     if len(crop) != 2 or not all(isinstance(c, int) and c > 0 for c in crop):
-        raise ValueError(f"data.crop_size must be a positive int or [height, width], got {data['crop_size']!r}")
+        raise ValueError(f"data.crop_size must be a positive int or [height, width], "
+                         f"got {data['crop_size']!r}")
     data["crop_size"] = crop
     return config
 
@@ -127,7 +129,8 @@ def resolve_config(config):
 
 def build_model(model_config, num_classes, train_config):
     """The DeepLabV3 of `model_config` (under the mixed-precision policy, if any), with the weights of
-    `train.init_checkpoint` when given (e.g. an OS16 model to fine-tune at OS8) and BatchNorm frozen if asked."""
+    `train.init_checkpoint` when given (e.g. an OS16 model to fine-tune at OS8) and BatchNorm frozen if
+    asked."""
     policy = keras.config.dtype_policy()
     if train_config["mixed_precision"]:
         keras.config.set_dtype_policy(train_config["mixed_precision"])
@@ -140,8 +143,8 @@ def build_model(model_config, num_classes, train_config):
         try:
             model.set_weights(source.get_weights())
         except ValueError as err:
-            raise ValueError(f"train.init_checkpoint {train_config['init_checkpoint']}: its weights do not fit "
-                             f"the configured model ({err})") from err
+            raise ValueError(f"train.init_checkpoint {train_config['init_checkpoint']}: its weights do not "
+                             f"fit the configured model ({err})") from err
     if train_config["freeze_bn"]:
         freeze_batch_norm(model)
     return model
@@ -154,11 +157,35 @@ def shard_by_worker(dataset, num_files, strategy):
     the data exactly."""
     if not multi_worker.is_multi_worker(strategy):
         return dataset
-    if num_files >= strategy.num_replicas_in_sync // len(strategy.extended.worker_devices):  # files >= workers
+    workers = strategy.num_replicas_in_sync // len(strategy.extended.worker_devices)
+    if num_files >= workers:
         return dataset
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+def make_datasets(config, data_dir, info, strategy):
+    """The training dataset (global batches, repeated) and the validation dataset (one whole image per
+    replica, or None without eval.split) of a config."""
+    data_cfg, eval_cfg = config["data"], config["eval"]
+    train_data = train_dataset(
+        data_dir, data_cfg["train_split"], batch_size=config["train"]["batch_size"],
+        crop_size=data_cfg["crop_size"], min_scale=data_cfg["min_scale"], max_scale=data_cfg["max_scale"],
+        flip=data_cfg["flip"], ignore_label=info["ignore_label"], shuffle_buffer=data_cfg["shuffle_buffer"],
+        seed=config["train"]["seed"], resize=data_cfg["resize"])
+    train_data = shard_by_worker(train_data, len(tfrecord_files(data_dir, data_cfg["train_split"])), strategy)
+    if eval_cfg["split"] is None:
+        return train_data, None
+    replicas = strategy.num_replicas_in_sync
+    # eval_dataset pads images of different sizes within a batch (labels with the ignore value).
+    val_data = eval_dataset(data_dir, eval_cfg["split"], batch_size=replicas, resize=data_cfg["resize"])
+    val_data = shard_by_worker(val_data, len(tfrecord_files(data_dir, eval_cfg["split"])), strategy)
+    val_images = min(info["splits"][eval_cfg["split"]], eval_cfg["max_images"] or math.inf)
+    val_steps = math.ceil(val_images / replicas)
+    # A known length: with validation_steps instead, Keras 3.15 under a strategy reuses the exhausted
+    # iterator of the previous validation for its symbolic build and stops with StopIteration.
+    return train_data, val_data.take(val_steps).apply(tf.data.experimental.assert_cardinality(val_steps))
 
 
 def train(config, data_dir, model_dir, *, verbose=1):
@@ -167,22 +194,26 @@ def train(config, data_dir, model_dir, *, verbose=1):
     Returns (model, history); the model carries the weights saved as `<model_dir>/model.keras` (best val mIoU,
     or final without validation). Raises TrainingDivergedError when the loss becomes NaN or infinite."""
     config = resolve_config(config)
-    model_cfg, data_cfg, train_cfg, eval_cfg = (config[k] for k in ("model", "data", "train", "eval"))
+    model_cfg, train_cfg, eval_cfg = config["model"], config["train"], config["eval"]
     strategy = get_strategy(config["distribute"]["strategy"], config["distribute"]["logical_cpus"])
     info = load_dataset_info(data_dir)
     replicas = strategy.num_replicas_in_sync
     if train_cfg["batch_size"] % replicas:
-        raise ValueError(f"train.batch_size {train_cfg['batch_size']} must be divisible by the {replicas} replicas")
+        raise ValueError(f"train.batch_size {train_cfg['batch_size']} must be divisible by the {replicas} "
+                         "replicas")
     if verbose:
-        print(f"deeplab train: {describe(strategy)}, global batch "
-              f"{train_cfg['batch_size']}, {train_cfg['steps']} steps")
+        print(f"deeplab train: {describe(strategy)}, global batch {train_cfg['batch_size']}, "
+              f"{train_cfg['steps']} steps")
         if replicas > 1 and not model_cfg["synchronized_bn"]:
-            print("deeplab train: note: without model.synchronized_bn=true every replica keeps BatchNorm statistics "
-                  "of its own examples and the first replica's are saved (Keras 3.15)")
+            print("deeplab train: note: without model.synchronized_bn=true every replica keeps BatchNorm "
+                  "statistics of its own examples and the first replica's are saved (Keras 3.15)")
+        if multi_worker.is_multi_worker(strategy) and train_cfg["seed"] is None:
+            print("deeplab train: note: set train.seed so that all workers shuffle alike and split the examples "
+                  "exactly")
     validate = eval_cfg["split"] is not None
     if validate and eval_cfg["split"] not in info["splits"]:
-        raise ValueError(f"eval.split {eval_cfg['split']!r} is not in {data_dir} (splits: {sorted(info['splits'])}); "
-                         "set eval.split=null to train without validation")
+        raise ValueError(f"eval.split {eval_cfg['split']!r} is not in {data_dir} (splits: "
+                         f"{sorted(info['splits'])}); set eval.split=null to train without validation")
     if train_cfg["seed"] is not None:
         keras.utils.set_random_seed(train_cfg["seed"])
     run_dir = multi_worker.worker_dir(model_dir, strategy)
@@ -200,27 +231,12 @@ def train(config, data_dir, model_dir, *, verbose=1):
                       jit_compile=train_cfg["jit_compile"])
     multi_worker.patch_model(model, strategy)
 
-    train_data = train_dataset(
-        data_dir, data_cfg["train_split"], batch_size=train_cfg["batch_size"], crop_size=data_cfg["crop_size"],
-        min_scale=data_cfg["min_scale"], max_scale=data_cfg["max_scale"], flip=data_cfg["flip"],
-        ignore_label=info["ignore_label"], shuffle_buffer=data_cfg["shuffle_buffer"], seed=train_cfg["seed"],
-        resize=data_cfg["resize"])
-    train_data = shard_by_worker(train_data, len(tfrecord_files(data_dir, data_cfg["train_split"])), strategy)
-    val_data = None
-    if validate:
-        # One whole image per replica (eval_dataset pads different sizes within a batch with the ignore label).
-        val_data = eval_dataset(data_dir, eval_cfg["split"], batch_size=replicas, resize=data_cfg["resize"])
-        val_data = shard_by_worker(val_data, len(tfrecord_files(data_dir, eval_cfg["split"])), strategy)
-        val_images = min(info["splits"][eval_cfg["split"]], eval_cfg["max_images"] or math.inf)
-        val_steps = math.ceil(val_images / replicas)
-        # A known length: with validation_steps instead, Keras 3.15 under a strategy reuses the exhausted
-        # iterator of the previous validation for its symbolic build and stops with StopIteration.
-        val_data = val_data.take(val_steps).apply(tf.data.experimental.assert_cardinality(val_steps))
-
+    train_data, val_data = make_datasets(config, data_dir, info, strategy)
     steps_per_epoch = min(train_cfg["steps_per_epoch"], train_cfg["steps"])
-    history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_data, shuffle=False, verbose=verbose,
-                        callbacks=training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"]))
+    callbacks = training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"])
+    history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch,
+                        steps_per_epoch=steps_per_epoch, validation_data=val_data, shuffle=False,
+                        verbose=verbose, callbacks=callbacks)
     model_path = os.path.join(run_dir, MODEL_FILE)
     if validate and os.path.exists(model_path):
         model.load_weights(model_path)
@@ -232,7 +248,8 @@ def train(config, data_dir, model_dir, *, verbose=1):
 def _parser():
     parser = argparse.ArgumentParser(prog="deeplab train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (training/configs/*.yaml); default: the paper's VOC setting")
+    parser.add_argument("--config",
+                        help="YAML config (training/configs/*.yaml); default: the paper's VOC setting")
     parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
     parser.add_argument("--model_dir", required=True, help="output directory; rerun with it to resume")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",

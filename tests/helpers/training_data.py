@@ -1,4 +1,5 @@
-"""Tiny synthetic segmentation datasets for the training tests, written with the data package's TFRecord writer.
+"""Tiny synthetic segmentation datasets for the training tests, written with the data package's TFRecord
+writer.
 
 Each image is a noisy background (class 0) with a red rectangle (class 1) and a blue disc (class 2); the
 rectangle's outline is labelled 255 (ignored), like VOC's object borders. Colour decides the class, so a
@@ -52,8 +53,8 @@ def _png(image):
 def write_synthetic_dataset(out_dir, splits=(("train", 8), ("val", 4)), size=(72, 96), seed=0):
     """Writes a prepared dataset (TFRecords + dataset_info.json) to `out_dir`; returns its info."""
     rng = np.random.default_rng(seed)
-    info = {"name": "synthetic", "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES, "ignore_label": 255,
-            "colormap": "pascal", "splits": {}, "mean_rgb": [110.0, 80.0, 100.0]}
+    info = {"name": "synthetic", "num_classes": len(CLASS_NAMES), "class_names": CLASS_NAMES,
+            "ignore_label": 255, "colormap": "pascal", "splits": {}, "mean_rgb": [110.0, 80.0, 100.0]}
     for split, count in splits:
         examples = []
         for index in range(count):
