@@ -143,7 +143,6 @@ class TorchTrainStep:
         loss = self.loss(self.model(self.images)["out"], self.labels)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -185,10 +184,15 @@ def _tf():
     return tf
 
 
-def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8):
+def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,
+                                fused_bn=False):
     """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
-    default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`."""
+    default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`.
+    `atrous_variant`: a prototype AtrousConv2D from atrous_variants.py, or None for the library's;
+    `fused_bn`: BatchNorm through TF's fused kernel in training (fused_bn.py)."""
     _tf()
+    from atrous_variants import patched
+    from fused_bn import patched as patched_bn
     from keras_deeplab.convert import (TORCHVISION_CONFIG, _resnet_depth, assign_torchvision_weights,
                                        load_state_dict)
     from keras_deeplab.model import DeepLabV3
@@ -197,23 +201,28 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
     config = dict(TORCHVISION_CONFIG, output_stride=output_stride)
     if output_stride != 8:
         config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
-    model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
-                      preprocessing="torch", atrous_implementation=atrous_implementation, **config)
+    with patched(atrous_variant), patched_bn(fused_bn):
+        model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
+                          preprocessing="torch", atrous_implementation=atrous_implementation, **config)
     assign_torchvision_weights(model, state)
     return model
 
 
-def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto"):
+def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
+                fused_bn=False):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
-    randomly initialised (seeded)."""
+    randomly initialised (seeded); `atrous_variant` and `fused_bn` as for `torchvision_structure_model`."""
     _tf()
     import keras
 
+    from atrous_variants import patched
+    from fused_bn import patched as patched_bn
     from keras_deeplab.model import DeepLabV3
 
     keras.utils.set_random_seed(0)
-    return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
-                     atrous_implementation=atrous_implementation)
+    with patched(atrous_variant), patched_bn(fused_bn):
+        return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
+                         atrous_implementation=atrous_implementation)
 
 
 def build_model(source, **kwargs):
@@ -224,11 +233,13 @@ def build_model(source, **kwargs):
 
 
 class KerasInference:
-    """Eval-mode forward of our model through a `tf.function` (the in-process graph a Keras user gets from
-    `model.predict` without its per-batch overhead). Levers: `jit_compile` (XLA), `fold_bn` (BatchNorm folded
-    into the convolutions, see bn_fold.py)."""
+    """Eval-mode forward of our model through a `tf.function` traced for the input's static shape (the graph
+    `model.predict` runs, without its per-batch overhead); `dynamic_shape` traces for [None, None, None, 3]
+    instead, as an export does. Levers: `jit_compile` (XLA), `fold_bn` (BatchNorm folded into the
+    convolutions, see bn_fold.py)."""
 
-    def __init__(self, batch=1, size=513, jit_compile=False, fold_bn=False, model_kwargs=None):
+    def __init__(self, batch=1, size=513, jit_compile=False, fold_bn=False, dynamic_shape=False,
+                 model_kwargs=None):
         tf = _tf()
         self.model = build_model(**(model_kwargs or {}))
         if fold_bn:
@@ -237,11 +248,13 @@ class KerasInference:
             self.model = fold_batch_norm(self.model)
         model = self.model
         self.images = tf.constant(random_images(batch, size))
+        signature = [tf.TensorSpec([None, None, None, 3], tf.float32)] if dynamic_shape else None
         self.forward = tf.function(lambda x: model(x, training=False), jit_compile=jit_compile,
-                                   input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+                                   input_signature=signature)
         start = time.perf_counter()
         self.forward(self.images)
         self.meta = {"framework": "tensorflow", "jit_compile": jit_compile, "fold_bn": fold_bn,
+                     "dynamic_shape": dynamic_shape,
                      "first_call_s": time.perf_counter() - start, "parameters": model.count_params()}
 
     def run(self):

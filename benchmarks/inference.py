@@ -25,6 +25,11 @@ from harness import case_statistics, emit, log, machine_info, markdown_table, pa
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
+    "ours_rows": ({}, {"atrous_variant": "rows"}, {}),
+    "ours_rows_cols": ({}, {"atrous_variant": "rows_cols"}, {}),
+    "ours_rows_bnfold": ({"fold_bn": True}, {"atrous_variant": "rows"}, {}),
+    "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
+    "ours_dynamic": ({"dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bnfold": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
     "ours_native_bnfold": ({"fold_bn": True}, {"atrous_implementation": "native"}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),

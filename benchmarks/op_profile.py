@@ -33,39 +33,41 @@ LAYER_GROUPS = [
 class TFOpProfile:
     """Profiles our torchvision-compatible model through a TF1 Session with FULL_TRACE."""
 
-    def __init__(self, state_path, mode="inference", batch=1, size=513, atrous="auto", fold_bn=False):
-        import numpy as np
+    def __init__(self, state_path, mode="inference", batch=1, size=513, atrous="auto", variant=None,
+                 fold_bn=False):
+        import keras
 
         from cases import IGNORE_LABEL, _tf, random_images, random_labels, torchvision_structure_model
 
         tf = _tf()
-        model = torchvision_structure_model(state_path, atrous_implementation=atrous)
+        model = torchvision_structure_model(state_path, atrous_implementation=atrous, atrous_variant=variant)
         if fold_bn:
             from bn_fold import fold_batch_norm
 
             model = fold_batch_norm(model)
-        module = tf.Module()
-        module.model = model
+        archive = keras.export.ExportArchive()
+        archive.track(model)
         images = random_images(batch, size)
         if mode == "inference":
-            module.f = tf.function(lambda x: model(x, training=False),
-                                   input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-            feeds = [images]
+            archive.add_endpoint("serving_default", lambda x: model(x, training=False),
+                                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+            feeds = {"x": images}
         else:
             from keras_deeplab.training.recipe import segmentation_loss
 
             loss_fn = segmentation_loss(IGNORE_LABEL)
+            variables = model.trainable_variables
 
             def gradients(x, y):
                 with tf.GradientTape() as tape:
                     loss = loss_fn(y, model(x, training=True))
-                return tape.gradient(loss, model.trainable_variables)
+                return {f"grad_{i}": g for i, g in enumerate(tape.gradient(loss, variables))}
 
-            module.f = tf.function(gradients, input_signature=[
+            archive.add_endpoint("serving_default", gradients, input_signature=[
                 tf.TensorSpec([None, None, None, 3], tf.float32), tf.TensorSpec([None, None, None], tf.int32)])
-            feeds = [images, random_labels(batch, size)]
+            feeds = {"x": images, "y": random_labels(batch, size)}
         self.folder = tempfile.mkdtemp(prefix="deeplab_profile_")
-        tf.saved_model.save(module, self.folder, signatures=module.f.get_concrete_function())
+        archive.write_out(self.folder, verbose=False)
         graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=int(os.environ["OMP_NUM_THREADS"]),
@@ -73,12 +75,11 @@ class TFOpProfile:
         with graph.as_default():
             meta = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], self.folder)
         signature = meta.signature_def["serving_default"]
-        inputs = sorted(signature.inputs.values(), key=lambda info: info.name)
-        self.feed = {info.name: value for info, value in zip(inputs, feeds)}
+        self.feed = {signature.inputs[key].name: value for key, value in feeds.items()}
         self.fetches = [info.name for info in signature.outputs.values()]
-        self.np = np
         self.tf = tf
-        self.meta = {"framework": "tensorflow", "mode": mode, "atrous": atrous, "fold_bn": fold_bn}
+        self.meta = {"framework": "tensorflow", "mode": mode, "atrous": atrous, "variant": variant,
+                     "fold_bn": fold_bn}
 
     def run(self):
         self.session.run(self.fetches, self.feed)
@@ -138,7 +139,10 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=513)
     parser.add_argument("--atrous", choices=("auto", "native", "shifted"), default="auto")
+    parser.add_argument("--variant", choices=("rows", "tf_dilated"), default=None,
+                        help="a prototype AtrousConv2D from atrous_variants.py")
     parser.add_argument("--fold-bn", action="store_true")
+    parser.add_argument("--skip-torch", action="store_true", help="profile ours only")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--top", type=int, default=12)
     return parser.parse_args(argv)
@@ -156,14 +160,15 @@ def main(argv=None):
                                "size": args.size}, args.threads)
         try:
             torch_worker.call("save_state", state_path)
-            torch_worker.run()
-            results["torchvision"] = torch_worker.call("profile")
+            if not args.skip_torch:
+                torch_worker.run()
+                results["torchvision"] = torch_worker.call("profile")
         finally:
             torch_worker.stop()
-        log("torch profiled")
         tf_worker = Worker("ours", "op_profile:TFOpProfile",
                            {"state_path": state_path, "mode": args.mode, "batch": args.batch, "size": args.size,
-                            "atrous": args.atrous, "fold_bn": args.fold_bn}, args.threads)
+                            "atrous": args.atrous, "variant": args.variant, "fold_bn": args.fold_bn},
+                           args.threads)
         try:
             tf_worker.run()
             results["ours"] = tf_worker.call("profile")
