@@ -17,57 +17,60 @@ def _step(title):
 
 def run(data, config_path, out, steps=None):
     """Runs the demo; returns a summary dict (also written to <out>/demo_summary.json)."""
-    import yaml
-
     from keras_deeplab import export, predict
     from keras_deeplab.data.prepare import prepare
-    from keras_deeplab.training.evaluate import evaluate
-    from keras_deeplab.training.train import train
+    from keras_deeplab.training.evaluate import evaluate, format_report
+    from keras_deeplab.training.train import load_config, train
 
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise FileNotFoundError(f"demo data folder {data} not found (run from the repository root, or pass --data)")
-    with open(config_path) as f:
-        config = yaml.safe_load(f)
-    if steps:
-        config["steps"] = int(steps)
+    config = load_config(config_path, [f"train.steps={steps}"] if steps else [])
+    resize = config["data"]["resize"]
     out.mkdir(parents=True, exist_ok=True)
     summary, started = {}, time.time()
 
     t = _step(f"1/5 prepare: {data} -> TFRecords")
     records = out / "tfrecords"
-    prepare(str(data), str(records), format="folder", preset="camvid", splits=("train", "val"), num_shards=2,
-            overwrite=True)
+    info = prepare(str(data), str(records), preset="camvid", splits=("train", "val"), overwrite=True)
     summary["prepare_s"] = round(time.time() - t, 1)
 
-    t = _step(f"2/5 train: {config_path} ({config.get('steps')} steps)")
+    t = _step(f"2/5 train: {config_path} ({config['train']['steps']} steps)")
     model, _ = train(config, data_dir=str(records), model_dir=str(out / "model"))
     summary["train_s"] = round(time.time() - t, 1)
 
     t = _step("3/5 evaluate on the sample's val split")
-    report = evaluate(model, str(records), split="val", resize=config.get("resize"),
-                      output_json=str(out / "eval_val.json"))
-    summary["val_miou"] = report["miou"]
+    report = evaluate(model, str(records), split="val", resize=resize)
+    print(format_report(report))
+    with open(out / "eval_val.json", "w") as f:
+        json.dump(report, f, indent=2)
+    summary["val_mean_iou"] = report["mean_iou"]
+    summary["val_pixel_accuracy"] = report["pixel_accuracy"]
     summary["evaluate_s"] = round(time.time() - t, 1)
 
-    t = _step("4/5 export a SavedModel for TensorFlow Serving")
-    version_dir = export.export_saved_model(model, base_dir=str(out / "saved_models" / "deeplabv3"),
-                                            max_long_side=config.get("export_max_long_side"), overwrite=True,
-                                            version=1, colormap="camvid")
+    t = _step("4/5 export a SavedModel for TensorFlow Serving (checked as TF Serving loads it)")
+    # The demo trains on images scaled by `resize`; serve at that scale too (results are resized back).
+    long_side = max(int(round(480 * resize)), 1) if resize else None
+    version_dir = export.export_saved_model(model, base_dir=str(out / "saved_models" / "deeplabv3"), version=1,
+                                            overwrite=True, max_long_side=long_side,
+                                            class_names=info["class_names"], colormap=info["colormap"])
     summary["saved_model"] = str(version_dir)
     summary["export_s"] = round(time.time() - t, 1)
 
     t = _step("5/5 predict a validation image from the SavedModel")
     image = sorted((data / "val").glob("*.png"))[0]
-    predict.main([str(image), "--model", str(out / "saved_models" / "deeplabv3"), "--colormap", "camvid",
-                  "--out", str(out / "predictions")])
+    status = predict.main([str(image), "--model", str(out / "saved_models" / "deeplabv3"),
+                           "--out", str(out / "predictions")])
+    if status:
+        raise RuntimeError("deeplab predict failed (see above)")
     summary["predictions"] = str(out / "predictions")
     summary["predict_s"] = round(time.time() - t, 1)
     summary["total_s"] = round(time.time() - started, 1)
     with open(out / "demo_summary.json", "w") as f:
         json.dump(summary, f, indent=2)
     print("\n" + json.dumps(summary, indent=2))
-    print(f"val mIoU {summary['val_miou']:.3f} after {config.get('steps')} steps; pictures in {out / 'predictions'}")
+    print(f"val mIoU {summary['val_mean_iou']:.3f} after {config['train']['steps']} steps; "
+          f"pictures in {out / 'predictions'}")
     return summary
 
 
