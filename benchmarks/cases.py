@@ -149,7 +149,8 @@ class TorchTrainStep:
 # matmul peak
 
 class MatmulPeak:
-    """A large fp32 matmul (n x n times n x n) in TF or torch: the achievable FMA throughput of this CPU."""
+    """A large fp32 matmul (n x n times n x n) in TF, torch or NumPy (its BLAS): the achievable FMA throughput
+    of this CPU."""
 
     def __init__(self, framework="tensorflow", n=3072):
         self.framework = framework
@@ -160,11 +161,14 @@ class MatmulPeak:
             torch = _torch()
             self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
             self._matmul = torch.matmul
+        elif framework == "numpy":
+            self.a, self.b = a, b
+            self._matmul = np.matmul
         else:
             tf = _tf()
             self.a, self.b = tf.constant(a), tf.constant(b)
             self._matmul = tf.function(tf.matmul)
-            self._matmul(self.a, self.b)
+        self._matmul(self.a, self.b)
         self.meta = {"framework": framework, "n": n, "flop": 2 * n ** 3}
 
     def run(self):

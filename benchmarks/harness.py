@@ -25,7 +25,8 @@ PAUSE_BETWEEN_RUNS_S = 0.3  # lets the previous worker's spinning OpenMP threads
 def thread_environment(threads):
     """Environment variables that pin TF, torch, OpenMP and MKL to `threads` threads."""
     value = str(threads)
-    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "TF_NUM_INTRAOP_THREADS": value,
+    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "OPENBLAS_NUM_THREADS": value,
+            "TF_NUM_INTRAOP_THREADS": value,
             "TF_NUM_INTEROP_THREADS": value, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -250,6 +251,12 @@ def machine_info(threads):
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    mhz = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = next(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
+    except (OSError, StopIteration, ValueError):
+        pass
     memory_gb = None
     try:
         with open("/proc/meminfo") as f:
@@ -259,6 +266,11 @@ def machine_info(threads):
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gb, 1) if memory_gb else None,
             "simd": sorted(flag for flag in flags if flag in ("avx", "avx2", "fma", "avx512f", "avx512_bf16",
                                                               "amx_tile")),
+            "cpu_mhz": mhz,
+            # Two 256-bit FMA units per core (AVX2 on AMD Zen 3/4): 32 fp32 FLOP per cycle. An assumption, for
+            # context only; the measured matmul is the reference.
+            "assumed_fp32_peak_gflops": (os.cpu_count() * 32 * mhz / 1000
+                                         if mhz and {"avx2", "fma"} <= flags else None),
             "threads": threads, "load_average_1_5_15": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": library_versions()}
 

@@ -6,7 +6,8 @@
 Suite "peer" (default): torchvision's deeplabv3_<backbone> (weights=None, seeded) in eval mode, contiguous and
 channels-last, against our torchvision-compatible model (the same weights, OS8) in each requested variant.
 Suite "paper": our paper model (ResNet-101, OS16, MG (1, 2, 4)) and MobileNetV2 at OS16, with no peer.
-Both suites time a 3072^3 fp32 matmul in TF and in torch in the same rounds: the achievable FMA rate.
+Both suites time a 3072^3 fp32 matmul in TF, torch and NumPy in the same rounds: the achievable FMA rate
+(the fastest of the three; GFLOP/s count 2 FLOP per MAC of the model's nominal, dense convolutions).
 
 Every case runs in its own process with the threads fixed to `--threads`; the cases alternate run by run after
 `--warmup` warm-up runs. Each run records wall time and the process's CPU time (all its threads). Prints one
@@ -36,7 +37,7 @@ OUR_VARIANTS = {
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
 }
 PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
-PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch"}
+PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch", "matmul_numpy": "numpy"}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
                 "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16}}
 
