@@ -31,14 +31,17 @@ def _biased(conv):
 
 
 class FoldedASPP(ASPP):
-    """ASPP whose convolutions carry biases and whose BatchNorms are identities (weights set by `_fold_into`)."""
+    """ASPP whose convolutions carry biases and whose BatchNorms pass through (weights set by
+    `fold_batch_norm`). Built from an ASPP with `from_aspp`, keeping its convolution classes."""
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.branch_convs = [_biased(conv) for conv in self.branch_convs]
-        self.branch_bns = [FoldedBatchNorm(name=f"{bn.name}_folded") for bn in self.branch_bns]
-        self.project_conv = _biased(self.project_conv)
-        self.project_bn = FoldedBatchNorm(name="aspp_project_bn_folded")
+    @classmethod
+    def from_aspp(cls, aspp):
+        folded = cls(**aspp.get_config())
+        folded.branch_convs = [_biased(conv) for conv in aspp.branch_convs]
+        folded.branch_bns = [FoldedBatchNorm(name=f"{bn.name}_folded") for bn in aspp.branch_bns]
+        folded.project_conv = _biased(aspp.project_conv)
+        folded.project_bn = FoldedBatchNorm(name="aspp_project_bn_folded")
+        return folded
 
 
 def _producer(tensor):
@@ -87,8 +90,7 @@ def fold_batch_norm(model):
         if layer.name in folded_convs:
             return _biased(layer)
         if isinstance(layer, ASPP):
-            config = layer.get_config()
-            return FoldedASPP(**config)
+            return FoldedASPP.from_aspp(layer)
         return layer  # shared: keeps its weights
 
     folded = keras.models.clone_model(model, clone_function=clone)

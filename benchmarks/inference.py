@@ -28,7 +28,7 @@ OUR_VARIANTS = {
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),
     "ours_rows_cols": ({}, {"atrous_variant": "rows_cols"}, {}),
-    "ours_rows_bnfold": ({"fold_bn": True}, {"atrous_variant": "rows"}, {}),
+    "ours_rows_cols_bnfold": ({"fold_bn": True}, {"atrous_variant": "rows_cols"}, {}),
     "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
     "ours_dynamic": ({"dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bnfold": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
@@ -127,6 +127,7 @@ def model_checks(workers, specs):
         if reference is not None and spec["role"] == "ours":
             entry["max_abs_diff_vs_peer"] = float(np.max(np.abs(worker.call("output") - reference)))
             entry["peer_logit_scale"] = float(np.max(np.abs(reference)))
+            entry["max_rel_diff_vs_peer"] = entry["max_abs_diff_vs_peer"] / entry["peer_logit_scale"]
         checks[spec["name"]] = entry
         log(f"{spec['name']}: {entry}")
     return checks
@@ -176,7 +177,7 @@ def report(args, specs, times, metas, checks, context):
         ("cpu_median_s", "CPU s", "{:.3f}"), ("images_per_s", "img/s", "{:.2f}"), ("gmacs", "GMAC", "{:.1f}"),
         ("gflop_per_s", "GFLOP/s (wall)", "{:.1f}"), ("fraction_of_matmul_peak", "of peak", "{:.0%}"),
         ("cpu_gflop_per_s", "GFLOP/s (CPU)", "{:.1f}"), ("cpu_fraction_of_matmul_peak", "of peak", "{:.0%}"),
-        ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("max_abs_diff_vs_peer", "max diff vs peer", "{:.1e}")]))
+        ("peak_rss_mb", "peak RSS MiB", "{:.0f}"), ("max_rel_diff_vs_peer", "max diff / max logit vs peer", "{:.1e}")]))
     if pairs:
         print()
         print(markdown_table(pairs, [
