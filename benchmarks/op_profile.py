@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from harness import Worker, emit, log, machine_info, markdown_table
+from harness import Worker, emit, machine_info, markdown_table
 
 # Keras layer name patterns -> the part of the network they belong to (for the by-layer summary).
 LAYER_GROUPS = [
@@ -185,7 +185,8 @@ def main(argv=None):
                                                ("share", "share", "{:.1%}")]))
         if by_group:
             print()
-            rows = [{"group": g, "s": s, "share": s / total} for g, s in sorted(by_group.items(), key=lambda kv: -kv[1])]
+            rows = [{"group": group, "s": s, "share": s / total}
+                    for group, s in sorted(by_group.items(), key=lambda kv: -kv[1])]
             print(markdown_table(rows, [("group", "layers", None), ("s", "seconds", "{:.3f}"),
                                         ("share", "share", "{:.1%}")]))
 

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from harness import (BENCH_DIR, REPO_ROOT, case_statistics, emit, log, machine_info, markdown_table,
+from harness import (REPO_ROOT, Worker, case_statistics, emit, log, machine_info, markdown_table,
                      pair_statistics, peak_rss_mb, run_cases, thread_environment)
 
 MODEL_NAME = "deeplabv3"
@@ -251,8 +251,6 @@ def main(argv=None):
                "fold_bn": args.fold_bn, "repeats": args.repeats, "warmup": args.warmup,
                **machine_info(args.threads)}
     emit(context)
-    from harness import Worker
-
     with tempfile.TemporaryDirectory(prefix="deeplab_bench_serving_") as folder:
         jpeg = request_jpeg(os.path.join(folder, "request.jpg"), args.size)
         exporter = Worker("export", "serving:Exporter", {"folder": folder, "backbone": args.backbone,
@@ -341,7 +339,8 @@ def report(args, context, export_meta, times, metas, mismatches, server_peak_sin
     print()
     print(markdown_table(rows, [
         ("case", "path", None), ("p50_s", "p50 s", "{:.3f}"), ("p99_s", "p99 s", "{:.3f}"),
-        ("min_s", "min", "{:.3f}"), ("max_s", "max", "{:.3f}"), ("cpu_median_s", "CPU s (client side for REST)", "{:.3f}"),
+        ("min_s", "min", "{:.3f}"), ("max_s", "max", "{:.3f}"),
+        ("cpu_median_s", "CPU s (client side for REST)", "{:.3f}"),
         ("requests_per_s", "req/s", "{:.3f}"), ("peak_rss_mb", "peak RSS MiB", "{:.0f}"),
         ("server_peak_rss_mb", "server peak RSS MiB", "{:.0f}"),
         ("label_pixels_differing_from_session", "labels != Session", None)]))

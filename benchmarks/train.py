@@ -25,6 +25,7 @@ OUR_VARIANTS = {
     "ours_rows_cols": ({}, {"atrous_variant": "rows_cols"}, {}),
     "ours_fusedbn": ({}, {"fused_bn": True}, {}),
     "ours_rows_cols_fusedbn": ({}, {"atrous_variant": "rows_cols", "fused_bn": True}, {}),
+    "ours_rows_cols_xla": ({"jit_compile": True}, {"atrous_variant": "rows_cols"}, {}),
     "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
