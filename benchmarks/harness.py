@@ -304,3 +304,33 @@ def markdown_table(rows, columns):
 def log(message):
     """Progress to stderr (stdout carries only JSON lines and the final table)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def case_specs(args, state_path, *, workload, our_variants, peer_variants, paper_models):
+    """The cases of a run of `workload` ("Inference" or "TrainStep": cases:Torch<workload> / cases:Keras<workload>).
+
+    Peer suite: torchvision variants first (the first peer writes the weights the Keras cases load), then our
+    variants of the same structure at OS8. Paper suite: our paper-setting models on their own."""
+    specs = []
+    if args.suite == "peer":
+        for name in filter(None, args.peers.split(",")):
+            specs.append({"name": name, "factory": f"cases:Torch{workload}", "role": "peer",
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
+                                     **peer_variants[name]}})
+        if not specs:
+            raise SystemExit("the peer suite needs at least one peer variant (--peers)")
+        for name in filter(None, args.ours.split(",")):
+            case_kwargs, model_kwargs, env = our_variants[name]
+            specs.append({"name": name, "factory": f"cases:Keras{workload}", "role": "ours", "env": env,
+                          "backbone": args.backbone, "output_stride": 8,
+                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
+                                     "model_kwargs": {"source": "torchvision", "state_path": state_path,
+                                                      **model_kwargs}}})
+    else:
+        for name in filter(None, args.paper_models.split(",")):
+            model = paper_models[name]
+            specs.append({"name": name, "factory": f"cases:Keras{workload}", "role": "ours", **model,
+                          "kwargs": {"batch": args.batch, "size": args.size,
+                                     "model_kwargs": {"source": "paper", **model}}})
+    return specs

@@ -20,7 +20,7 @@ import tempfile
 
 import numpy as np
 
-from harness import case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_cases
+from harness import case_specs as harness_case_specs, case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_cases
 
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -63,29 +63,9 @@ def parse_args(argv):
 
 
 def case_specs(args, state_path):
-    """The cases of the run; in the peer suite the first peer writes the weights the Keras cases load."""
-    specs = []
-    if args.suite == "peer":
-        for name in filter(None, args.peers.split(",")):
-            specs.append({"name": name, "factory": "cases:TorchInference", "role": "peer",
-                          "backbone": args.backbone, "output_stride": 8,
-                          "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
-                                     **PEER_VARIANTS[name]}})
-        if not specs:
-            raise SystemExit("the peer suite needs at least one peer variant (--peers)")
-        for name in filter(None, args.ours.split(",")):
-            case_kwargs, model_kwargs, env = OUR_VARIANTS[name]
-            specs.append({"name": name, "factory": "cases:KerasInference", "role": "ours", "env": env,
-                          "backbone": args.backbone, "output_stride": 8,
-                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
-                                     "model_kwargs": {"source": "torchvision", "state_path": state_path,
-                                                      **model_kwargs}}})
-    else:
-        for name in filter(None, args.paper_models.split(",")):
-            model = PAPER_MODELS[name]
-            specs.append({"name": name, "factory": "cases:KerasInference", "role": "ours", **model,
-                          "kwargs": {"batch": args.batch, "size": args.size,
-                                     "model_kwargs": {"source": "paper", **model}}})
+    """The shared cases, plus the matmul peak unless --no-peak."""
+    specs = harness_case_specs(args, state_path, workload="Inference", our_variants=OUR_VARIANTS,
+                               peer_variants=PEER_VARIANTS, paper_models=PAPER_MODELS)
     if not args.no_peak:
         specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework}}
                   for name, framework in PEAK_CASES.items()]

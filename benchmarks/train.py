@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 
-from harness import case_statistics, emit, machine_info, markdown_table, pair_statistics, run_cases
+from harness import case_specs as harness_case_specs, case_statistics, emit, machine_info, markdown_table, pair_statistics, run_cases
 
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -56,29 +56,8 @@ def parse_args(argv):
 
 
 def case_specs(args, state_path):
-    specs = []
-    if args.suite == "peer":
-        for name in filter(None, args.peers.split(",")):
-            specs.append({"name": name, "factory": "cases:TorchTrainStep", "role": "peer",
-                          "backbone": args.backbone, "output_stride": 8,
-                          "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
-                                     **PEER_VARIANTS[name]}})
-        if not specs:
-            raise SystemExit("the peer suite needs at least one peer variant (--peers)")
-        for name in filter(None, args.ours.split(",")):
-            case_kwargs, model_kwargs, env = OUR_VARIANTS[name]
-            specs.append({"name": name, "factory": "cases:KerasTrainStep", "role": "ours", "env": env,
-                          "backbone": args.backbone, "output_stride": 8,
-                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
-                                     "model_kwargs": {"source": "torchvision", "state_path": state_path,
-                                                      **model_kwargs}}})
-    else:
-        for name in filter(None, args.paper_models.split(",")):
-            model = PAPER_MODELS[name]
-            specs.append({"name": name, "factory": "cases:KerasTrainStep", "role": "ours", **model,
-                          "kwargs": {"batch": args.batch, "size": args.size,
-                                     "model_kwargs": {"source": "paper", **model}}})
-    return specs
+    return harness_case_specs(args, state_path, workload="TrainStep", our_variants=OUR_VARIANTS,
+                              peer_variants=PEER_VARIANTS, paper_models=PAPER_MODELS)
 
 
 def main(argv=None):
