@@ -1,5 +1,6 @@
 """keras.applications weights in our backbones, offline: randomly initialized keras.applications models are
-saved to a local weights file; our backbone features must equal keras.applications' own on the same images."""
+saved to a local weights file; our backbone features must equal keras.applications' own on the same images,
+exactly (bit for bit) given the same normalized input."""
 import re
 
 import keras
@@ -11,6 +12,7 @@ from keras_deeplab import DeepLabV3
 # backbone -> (keras.applications model, its preprocessing, the layer whose output is the OS32 feature map)
 APPLICATIONS = {
     "resnet50": (keras.applications.ResNet50, keras.applications.resnet.preprocess_input, "conv5_block3_out"),
+    "resnet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input, "conv5_block3_out"),
     "mobilenet_v2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input,
                      "block_16_project_BN"),
 }
@@ -32,6 +34,7 @@ def perturb(model, rng):
 
 @pytest.mark.parametrize("backbone, size", [
     ("resnet50", (67, 93)),
+    ("resnet101", (65, 65)),
     ("mobilenet_v2", (96, 128)),  # even sizes at every stride-2 layer
     ("mobilenet_v2", (67, 93)),   # odd sizes: keras.applications' correct_pad must still equal 'same'
 ])
@@ -45,18 +48,30 @@ def test_backbone_features_equal_keras_applications(tmp_path, backbone, size):
 
     model = DeepLabV3(3, backbone=backbone, output_stride=32, multi_grid=(1, 1, 1), aspp_filters=16,
                       backbone_weights=weights_file)
-    features = keras.Model(model.input, model.get_layer(feature_layer).output)
     images = np.random.default_rng(1).uniform(0, 255, (2,) + size + (3,)).astype("float32")
-
-    ours = keras.ops.convert_to_numpy(features(images, training=False))
-    source_features = keras.Model(source.input, source.get_layer(feature_layer).output)
     # preprocess_input works in place on numpy arrays: give it a copy.
-    reference = keras.ops.convert_to_numpy(source_features(preprocess_input(images.copy()), training=False))
-    assert ours.shape == reference.shape and reference.std() > 0
+    normalized = preprocess_input(images.copy())
+    source_features = keras.Model(source.input, source.get_layer(feature_layer).output)
+    reference = keras.ops.convert_to_numpy(source_features(normalized, training=False))
+    assert reference.std() > 0
+
+    # The weight mapping and the backbone, exactly: our layers after the in-model preprocessing, fed
+    # keras.applications' own normalized images.
+    backbone_only = keras.Model(model.get_layer("preprocessing").output, model.get_layer(feature_layer).output)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone_only(normalized, training=False)),
+                                  reference)
+
+    # End to end on raw pixels: exact for ResNet ("caffe": mean subtraction only); for MobileNetV2 our
+    # (x - 127.5) / 127.5 and keras.applications' x / 127.5 - 1 round differently, by about one float32 ulp.
+    features = keras.Model(model.input, model.get_layer(feature_layer).output)
+    ours = keras.ops.convert_to_numpy(features(images, training=False))
     scale = np.abs(reference).max()
     diff = np.abs(ours - reference).max()
     print(f"{backbone} {size}: max |ours - keras.applications| = {diff:.3g} (max |features| = {scale:.3g})")
-    assert diff <= 1e-4 * scale
+    if model.preprocessing == "caffe":
+        np.testing.assert_array_equal(ours, reference)
+    else:
+        assert diff <= 1e-6 * scale
 
 
 def test_missing_weights_file_names_the_path(tmp_path):
