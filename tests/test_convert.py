@@ -94,6 +94,27 @@ def test_pth_file_is_read_with_torch(tmp_path, monkeypatch, state, converted):
         np.testing.assert_array_equal(ours.numpy(), reference.numpy())
 
 
+def test_real_pth_round_trip_equals_the_npz_model(tmp_path, state):
+    """A state dict of torch tensors (with torchvision's int64 `num_batches_tracked` buffers) saved by
+    torch.save and read back by from_torchvision computes exactly what the same weights read from .npz do."""
+    torch = pytest.importorskip("torch")
+    tensors = {}
+    for key, value in state.items():
+        tensors[key] = torch.from_numpy(value.copy())
+        if key.endswith("running_var"):
+            tensors[key.replace("running_var", "num_batches_tracked")] = torch.tensor(7, dtype=torch.int64)
+    pth_path, npz_path = tmp_path / "deeplabv3_resnet50.pth", tmp_path / "deeplabv3_resnet50.npz"
+    torch.save(tensors, pth_path)
+    np.savez(npz_path, **state)
+    from_pth = from_torchvision(pth_path, include_preprocessing=False)
+    from_npz = from_torchvision(str(npz_path), include_preprocessing=False)
+    images = nhwc(np.load(FIXTURES / "resnet50_seed0_input.npy"))
+    logits = keras.ops.convert_to_numpy(from_pth(images, training=False))
+    np.testing.assert_array_equal(logits, keras.ops.convert_to_numpy(from_npz(images, training=False)))
+    reference = nhwc(np.load(FIXTURES / "resnet50_seed0_output.npy"))
+    assert np.abs(logits - reference).max() <= 1e-5
+
+
 def test_pth_file_without_torch_is_a_clear_error(tmp_path, monkeypatch):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"")
