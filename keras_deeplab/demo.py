@@ -1,7 +1,8 @@
 """`deeplab demo`: the whole job end to end on the bundled CamVid sample, sized for a CPU.
 
 prepare TFRecords -> train the demo config briefly -> evaluate mIoU -> export a SavedModel (checked the way
-TF Serving loads it) -> segment a validation image from the SavedModel and write the label map and overlay.
+TF Serving loads it, on two real validation frames) -> segment a validation image from the SavedModel and write
+the label map and overlay.
 """
 import argparse
 import json
@@ -51,9 +52,13 @@ def run(data, config_path, out, steps=None):
     t = _step("4/5 export a SavedModel for TensorFlow Serving (checked as TF Serving loads it)")
     # The demo trains on images scaled by `resize`; serve at that scale too (results are resized back).
     long_side = max(int(round(480 * resize)), 1) if resize else None
+    # The export's checks and warmup run on real frames of the sample's val split (default: the package's two).
+    check_images = sorted((data / "val").glob("*.png"))[:2] or None
     version_dir = export.export_saved_model(model, base_dir=str(out / "saved_models" / "deeplabv3"), version=1,
-                                            overwrite=True, max_long_side=long_side,
+                                            overwrite=True, max_long_side=long_side, check_images=check_images,
+                                            warmup_images=check_images and check_images[:1],
                                             class_names=info["class_names"], colormap=info["colormap"])
+    summary["export_check_images"] = [str(p) for p in check_images or []]
     summary["saved_model"] = str(version_dir)
     summary["export_s"] = round(time.time() - t, 1)
 

@@ -22,7 +22,10 @@ Inference size policy, fixed at export by `max_long_side`:
 A version is written atomically: into a hidden staging folder beside the versions (TF Serving ignores
 non-numeric names), checked, then renamed to `base_dir/N`; a failed export leaves nothing under `base_dir`.
 The checks load the version in a fresh process as TF Serving does (TF1 SavedModel loader, tags `serve`,
-a Session run by the SignatureDefs' tensor names) and compare its labels with the in-process Keras model.
+a Session run by the SignatureDefs' tensor names), check every signature's names, dtypes, shapes and method
+name, and compare its labels with the in-process Keras model on real images: the `check_images` given, else
+two small CamVid frames shipped with the package (`keras_deeplab/sample_images/`, a 160x120 JPEG and a 96x128
+PNG; non-commercial licence, see SOURCE.md there).
 
 Serve the folder with TensorFlow Serving (use a release not older than the TensorFlow that exported it):
 
@@ -57,6 +60,18 @@ EXPECTED_SIGNATURES = {
                         {"labels": "DT_INT32", "label_png_bytes": "DT_STRING", "image_size": "DT_INT32"}),
     IMAGES_SIGNATURE: ({"images": "DT_UINT8"}, {"labels": "DT_INT32", "probabilities": "DT_FLOAT"}),
 }
+# The same, {name: shape}: -1 is a free dimension, NUM_CLASSES_DIM the model's number of classes.
+NUM_CLASSES_DIM = "num_classes"
+EXPECTED_SHAPES = {
+    SERVING_SIGNATURE: ({"image_bytes": (-1,)},
+                        {"labels": (-1, -1, -1), "label_png_bytes": (-1,), "image_size": (-1, 2)}),
+    IMAGES_SIGNATURE: ({"images": (-1, -1, -1, 3)},
+                       {"labels": (-1, -1, -1), "probabilities": (-1, -1, -1, NUM_CLASSES_DIM)}),
+}
+PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+# Real images for the checks and the warmup when none are given (package data; see its SOURCE.md).
+SAMPLE_IMAGES_FOLDER = "sample_images"
+SAMPLE_IMAGES = ("camvid_0016E5_07959_160x120.jpg", "camvid_0016E5_08079_crop_96x128.png")
 XLA_OPS = frozenset({"XlaCallModule", "XlaLaunch", "XlaLaunchV2", "_XlaCompile", "_XlaRun", "_XlaMerge"})
 # Logit margins below this (relative to the top logit) are ties that float rounding may break either way.
 TIE_TOLERANCE = 1e-4
@@ -177,8 +192,37 @@ def encoded_image(image):
     return data, decoded
 
 
+def sample_images():
+    """The encoded bytes of the real images shipped with the package (two CamVid frames: a 160x120 JPEG and a
+    96x128 PNG), the default `check_images`; FileNotFoundError if the package data is missing."""
+    from importlib.resources import files
+
+    folder = files("keras_deeplab") / SAMPLE_IMAGES_FOLDER
+    images = []
+    for name in SAMPLE_IMAGES:
+        resource = folder / name
+        if not resource.is_file():
+            raise FileNotFoundError(f"the package data file keras_deeplab/{SAMPLE_IMAGES_FOLDER}/{name} is missing "
+                                    "(a broken install? reinstall keras_deeplab, or pass check_images)")
+        images.append(resource.read_bytes())
+    return images
+
+
+def default_check_images():
+    """What the checks run on when no images are given: the package's real images (`sample_images`); if the
+    package data is missing, a warning and the synthetic images."""
+    try:
+        return sample_images()
+    except FileNotFoundError as error:
+        import warnings
+
+        warnings.warn(f"{error}; checking the export on synthetic images instead", RuntimeWarning, stacklevel=2)
+        return synthetic_images()
+
+
 def synthetic_images():
-    """Two deterministic RGB images of different sizes and orientations (60x80 and 96x64), for default checks."""
+    """Two deterministic RGB images of different sizes and orientations (60x80 and 96x64); the fallback when the
+    package's real images are missing."""
     images = []
     for height, width in ((60, 80), (96, 64)):
         yy, xx = np.mgrid[0:height, 0:width]
@@ -239,9 +283,9 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
         max_long_side: inference size policy (module doc): None for whole images, else the longest side the
             model sees.
         model_name: the model name written into the warmup requests (default: the base folder's name).
-        check_images: images (paths, encoded bytes or uint8 arrays) the checks run on; default: two
-            synthetic images of different sizes.
-        warmup_images: images for the warmup requests; default: the first synthetic image.
+        check_images: images (paths, encoded bytes or uint8 arrays) the checks run on; default: the two real
+            images shipped with the package (`sample_images`: CamVid frames, 160x120 JPEG and 96x128 PNG).
+        warmup_images: images for the warmup requests; default: the first of those.
         class_names, colormap: written into the export's info file (`assets.extra/keras_deeplab_export.json`)
             for tools that draw the label maps (`deeplab predict`); one name per class.
 
@@ -272,7 +316,7 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, the model has {num_classes} classes")
         archive.write_out(str(staging), verbose=False)
-        write_warmup_requests(staging, synthetic_images()[:1] if warmup_images is None else warmup_images,
+        write_warmup_requests(staging, default_check_images()[:1] if warmup_images is None else warmup_images,
                               model_name)
         info = {"num_classes": num_classes, "max_long_side": max_long_side, "pad_label": PAD_LABEL,
                 "class_names": None if class_names is None else [str(n) for n in class_names],
@@ -281,7 +325,7 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
                                for name, (inputs, outputs) in EXPECTED_SIGNATURES.items()},
                 "versions": _library_versions()}
         (staging / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
-        check_export(staging, model, max_long_side, synthetic_images() if check_images is None else check_images)
+        check_export(staging, model, max_long_side, check_images)
         _publish(staging, target, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -339,12 +383,15 @@ def reference_labels(model, pixels, max_long_side=None):
     return np.argmax(logits, axis=-1).astype(np.int32), ties
 
 
-def check_export(version_dir, model, max_long_side, check_images, timeout=900):
-    """Checks a written version in a fresh process (see `verify_saved_model`) against `model`'s own labels.
+def check_export(version_dir, model, max_long_side, check_images=None, timeout=900):
+    """Checks a written version in a fresh process (see `verify_saved_model`) against `model`'s own labels on
+    `check_images` (None: `default_check_images()`, the package's real images).
 
     Returns the check report; raises ExportCheckError listing the problems.
     """
-    if not check_images:
+    if check_images is None:
+        check_images = default_check_images()
+    if not len(check_images):
         raise ValueError("check_images must hold at least one image")
     arrays = {}
     for index, image in enumerate(check_images):
@@ -401,7 +448,9 @@ def verify_saved_model(version_dir, reference=None):
     """Checks a SavedModel version as TF Serving would load it; returns a report with a list of `problems`.
 
     Loads it with the TF1 SavedModel loader (tags `serve`) into a Session and checks: the expected signatures
-    with their names and dtypes, every signature dtype JSON-encodable, no XLA ops, the warmup records run.
+    with their input/output names, dtypes and shapes (`EXPECTED_SIGNATURES`, `EXPECTED_SHAPES`; the classes
+    dimension against the export info's `num_classes` when there is one), every signature's method name
+    `tensorflow/serving/predict` and dtypes JSON-encodable, no XLA ops, the warmup records run.
     With `reference` (an .npz written by `check_export`: encoded images, pixels and the Keras model's labels)
     it runs both signatures by tensor name and compares labels, padding, sizes, PNGs and probabilities, and
     checks that bytes that are not an image give InvalidArgument (HTTP 400).
@@ -421,6 +470,10 @@ def verify_saved_model(version_dir, reference=None):
                 for tensor, info in infos.items():
                     if info.dtype not in JSON_DTYPES:
                         problems.append(f"{name} {role} {tensor} has dtype {info.dtype}, not JSON-encodable")
+        for name, signature_def in servable.signature_defs.items():
+            if name in servable.signatures and signature_def.method_name != PREDICT_METHOD_NAME:
+                problems.append(f"signature {name} has method_name {signature_def.method_name!r}, expected "
+                                f"{PREDICT_METHOD_NAME!r}")
         for name, (inputs, outputs) in EXPECTED_SIGNATURES.items():
             if name not in servable.signatures:
                 problems.append(f"signature {name} is missing")
@@ -428,6 +481,8 @@ def verify_saved_model(version_dir, reference=None):
             found = tuple({t: i.dtype for t, i in infos.items()} for infos in servable.signatures[name])
             if found != (inputs, outputs):
                 problems.append(f"signature {name} has inputs/outputs {found}, expected {(inputs, outputs)}")
+                continue
+            problems += _shape_problems(name, servable.signatures[name], _export_num_classes(version_dir))
         problems += [f"XLA: {item}" for item in find_xla_ops(servable.meta_graph.graph_def)]
         try:
             report["warmup_records"] = servable.run_warmup()
@@ -449,6 +504,44 @@ def verify_saved_model(version_dir, reference=None):
         servable.retire()
     report["problems"] = problems
     return report
+
+
+def _export_num_classes(version_dir):
+    """`num_classes` from the export's info file, or None when there is no readable one."""
+    try:
+        return int(json.loads((Path(version_dir) / EXPORT_INFO_FILE).read_text())["num_classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _shape_text(shape):
+    return "unknown rank" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _shape_problems(name, signature, num_classes=None):
+    """Problems of a signature's (inputs, outputs) `TensorSpecInfo` shapes against `EXPECTED_SHAPES[name]`.
+
+    A -1 there must be -1 (free) in the SignatureDef; the classes dimension must be `num_classes` (any fixed
+    positive size when `num_classes` is None); other sizes must match exactly.
+    """
+    problems = []
+    for role, infos, expected_shapes in (("input", signature[0], EXPECTED_SHAPES[name][0]),
+                                         ("output", signature[1], EXPECTED_SHAPES[name][1])):
+        for tensor, expected in expected_shapes.items():
+            shape = infos[tensor].shape
+            found = None if shape is None else tuple(-1 if d is None else d for d in shape)
+            ok = found is not None and len(found) == len(expected)
+            if ok:
+                for got, want in zip(found, expected):
+                    if want == NUM_CLASSES_DIM:
+                        ok = ok and (got == num_classes if num_classes is not None else got > 0)
+                    else:
+                        ok = ok and got == want
+            if not ok:
+                wanted = [(num_classes or "C") if d == NUM_CLASSES_DIM else d for d in expected]
+                problems.append(f"signature {name} {role} {tensor} has shape {_shape_text(found)}, expected "
+                                f"{_shape_text(wanted)}")
+    return problems
 
 
 def _label_mismatch(labels, expected, ties, what):
@@ -522,9 +615,10 @@ def _export_parser():
     parser.add_argument("--model_name", help="model name for warmup requests and models.config "
                                              "(default: the base folder's name)")
     parser.add_argument("--check_images", nargs="+", metavar="IMAGE",
-                        help="JPEG/PNG images the export checks run on (default: two synthetic images)")
+                        help="JPEG/PNG images the export checks run on, e.g. a few validation frames (default: "
+                             "two small CamVid frames shipped with the package)")
     parser.add_argument("--warmup_images", nargs="+", metavar="IMAGE",
-                        help="images for the TF Serving warmup requests (default: one synthetic image)")
+                        help="images for the TF Serving warmup requests (default: the first shipped CamVid frame)")
     parser.add_argument("--class_names", nargs="+", metavar="NAME",
                         help="one name per class, stored in the export's info file for deeplab predict")
     parser.add_argument("--colormap", help="palette name stored in the export's info file for deeplab predict")
@@ -559,6 +653,10 @@ def main(argv=None):
 
     if not os.path.exists(args.model):
         raise SystemExit(f"deeplab export: --model {args.model} does not exist")
+    for flag, paths in (("--check_images", args.check_images), ("--warmup_images", args.warmup_images)):
+        for path in paths or ():
+            if not os.path.isfile(path):
+                raise SystemExit(f"deeplab export: {flag} {path} is not a file")
     model = keras.saving.load_model(args.model, compile=False)
     try:
         path = export_saved_model(model, args.base_dir, args.version, overwrite=args.overwrite,

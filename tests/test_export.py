@@ -154,6 +154,70 @@ def test_verify_checks_everything_and_catches_wrong_labels(exported, model, tmp_
     assert all("differs from the Keras model's argmax" in p for p in report["problems"])
 
 
+def test_checks_default_to_the_real_images_shipped_with_the_package(exported, model):
+    images = export.sample_images()
+    sizes = [export.encoded_image(data)[1].shape for data in images]
+    assert sizes == [(120, 160, 3), (128, 96, 3)]  # landscape JPEG and portrait PNG: padding in both directions
+    assert images[0][:2] == b"\xff\xd8" and images[1][:8] == b"\x89PNG\r\n\x1a\n"
+    folder = Path(keras_deeplab.__file__).parent / export.SAMPLE_IMAGES_FOLDER
+    assert "NON-COMMERCIAL" in (folder / "SOURCE.md").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(export.SAMPLE_IMAGES + ("SOURCE.md",))
+    pixels = export.encoded_image(images[0])[1]
+    assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 1000  # a photo, not a gradient
+    report = export.check_export(exported[1], model, MAX_LONG_SIDE)  # no images given
+    assert report["problems"] == [] and report["checked_images"] == 2
+    # The warmup defaults to the first shipped image (the fixture gave no warmup_images).
+    path = exported[1] / export.WARMUP_FILE
+    first = prediction_log_pb2.PredictionLog.FromString(next(tf.data.TFRecordDataset(str(path)).as_numpy_iterator()))
+    assert tf.make_ndarray(first.predict_log.request.inputs["image_bytes"]).tolist() == [images[0]]
+
+
+def test_package_data_lists_the_shipped_images():
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["package-data"]["keras_deeplab"]
+    folder = Path(keras_deeplab.__file__).parent
+    for name in export.SAMPLE_IMAGES + ("SOURCE.md",):
+        path = f"{export.SAMPLE_IMAGES_FOLDER}/{name}"
+        assert any(Path(path).match(pattern) for pattern in patterns), path
+        assert (folder / path).stat().st_size < 64 * 1024
+
+
+def _rewrite_signature_defs(version_dir, edit):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path = Path(version_dir) / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel.FromString(path.read_bytes())
+    edit(proto.meta_graphs[0].signature_def)
+    path.write_bytes(proto.SerializeToString())
+
+
+def test_verify_checks_signature_shapes_and_method_names(exported, tmp_path):
+    import shutil
+
+    assert export.verify_saved_model(exported[1])["problems"] == []
+    broken = tmp_path / "1"
+    shutil.copytree(exported[1], broken)
+
+    def edit(signatures):
+        signatures["predict_images"].method_name = "tensorflow/serving/classify"
+        signatures["serving_default"].outputs["image_size"].tensor_shape.dim[1].size = 3
+        signatures["serving_default"].inputs["image_bytes"].tensor_shape.unknown_rank = True
+        signatures["predict_images"].outputs["probabilities"].tensor_shape.dim[3].size = NUM_CLASSES + 1
+
+    _rewrite_signature_defs(broken, edit)
+    problems = export.verify_saved_model(broken)["problems"]
+    assert sorted(problems) == sorted([
+        "signature predict_images has method_name 'tensorflow/serving/classify', expected "
+        "'tensorflow/serving/predict'",
+        "signature serving_default output image_size has shape [-1, 3], expected [-1, 2]",
+        "signature serving_default input image_bytes has shape unknown rank, expected [-1]",
+        f"signature predict_images output probabilities has shape [-1, -1, -1, {NUM_CLASSES + 1}], expected "
+        f"[-1, -1, -1, {NUM_CLASSES}]",
+    ])
+
+
 def test_xla_scan_finds_jit_compiled_functions(session):
     @tf.function(jit_compile=True)
     def compiled(x):
@@ -251,16 +315,22 @@ def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monk
     monkeypatch.setattr(export, "export_saved_model", fake_export)
     config = tmp_path / "models.config"
     write_models_config(config, [ModelConfig("other", "/models/other")])
+    frames = [str(path) for path in CAMVID_FILES[:2]]
     assert export.main(["--model", str(model_file), "--base_dir", str(tmp_path / "deeplabv3"), "--version", "7",
-                        "--max_long_side", "256", "--models_config", str(config)]) == 0
+                        "--max_long_side", "256", "--models_config", str(config), "--check_images", *frames]) == 0
     loaded, base_dir, version, kwargs = calls[0]
     assert isinstance(loaded, keras_deeplab.DeepLabV3) and version == 7 and kwargs["max_long_side"] == 256
+    assert kwargs["check_images"] == frames and kwargs["warmup_images"] is None
     for mine, theirs in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(mine, theirs)
     assert [(m.name, m.base_path) for m in read_models_config(config)] == [
         ("other", "/models/other"), ("deeplabv3", "/models/deeplabv3")]
     with pytest.raises(SystemExit):
         export.main(["--model", str(tmp_path / "missing.keras")])
+    with pytest.raises(SystemExit, match="--check_images .*nope.png is not a file"):
+        export.main(["--model", str(model_file), "--check_images", frames[0], str(tmp_path / "nope.png")])
+    export.main(["--model", str(model_file), "--base_dir", str(tmp_path / "deeplabv3")])
+    assert calls[-1][3]["check_images"] is None  # export_saved_model then checks on the shipped real images
 
     def refusing_export(*args, **kwargs):
         raise FileExistsError("deeplabv3/7 already exists")
