@@ -1,5 +1,6 @@
 """DeepLabV3 model tests: shapes at every output stride, the atrous rates really built, serialization,
 weights shared across output strides, gradients, parameter counts and the JAX backend. CPU-sized inputs."""
+import collections
 import functools
 import json
 import math
@@ -106,6 +107,38 @@ def test_resnet_atrous_rates_in_built_layers(output_stride, block3_rate, block4_
     assert [conv.dilation_rate for conv in aspp.branch_convs[1:4]] == [(r, r) for r in aspp_rates]
 
 
+@pytest.mark.parametrize("output_stride,strided_blocks,rates", [
+    # rates: block -> depthwise dilation rate, for the blocks not at rate 1. A block that gives up its stride
+    # keeps the rate before it; the blocks after it use the rate times that stride (TF DeepLab's rule).
+    (32, (1, 3, 6, 13), {}),
+    (16, (1, 3, 6), {14: 2, 15: 2, 16: 2}),
+    (8, (1, 3), {**{b: 2 for b in range(7, 14)}, 14: 4, 15: 4, 16: 4}),
+])
+def test_mobilenet_v2_dilation_rates_in_built_layers(output_stride, strided_blocks, rates):
+    model = mobilenet(output_stride)
+    names = ["expanded_conv_depthwise"] + [f"block_{b}_depthwise" for b in range(1, 17)]
+    depthwise = [model.get_layer(name) for name in names]
+    assert [b for b, layer in enumerate(depthwise) if layer.strides == (2, 2)] == list(strided_blocks)
+    assert all(layer.strides in ((1, 1), (2, 2)) for layer in depthwise)
+    assert [layer.dilation_rate for layer in depthwise] == [(rates.get(b, 1),) * 2 for b in range(17)]
+    aspp = model.get_layer("aspp")
+    expected_aspp = tuple(r * 16 // output_stride for r in (6, 12, 18))
+    assert [conv.dilation_rate for conv in aspp.branch_convs[1:4]] == [(r, r) for r in expected_aspp]
+
+
+def test_resnet152_builds_with_its_unit_counts():
+    model = DeepLabV3(3, backbone="resnet152", aspp_filters=8)
+    images = random_images(1, 65, 67)
+    logits = model(images)
+    assert logits.shape == (1, 65, 67, 3) and np.isfinite(np.asarray(logits)).all()
+    names = {layer.name for layer in model.layers}
+    for stage, units in zip((2, 3, 4, 5), (3, 8, 36, 3)):
+        assert f"conv{stage}_block{units}_out" in names and f"conv{stage}_block{units + 1}_out" not in names
+    assert unit_rates(model, 5, 3) == [(2, 2), (4, 4), (8, 8)]
+    assert (count(model.trainable_weights), count(model.weights)) == \
+        expected_parameters(152, num_classes=3, aspp_filters=8)
+
+
 def test_custom_multi_grid_and_rates_survive_the_config():
     model = DeepLabV3(5, backbone="resnet50", output_stride=16, multi_grid=(1, 2, 1), atrous_rates=(4, 8),
                       aspp_filters=8)
@@ -153,6 +186,75 @@ def test_save_and_load_keeps_outputs_and_config(tmp_path):
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
 
 
+def test_resnet_save_and_load_keeps_outputs_config_and_rates(tmp_path):
+    """The torchvision-like head options on a v1 ResNet: OS8, multi-grid (1, 2, 1), head conv, aux head, no
+    image pooling, no in-model preprocessing; all survive model.save/load_model, as do the applied rates."""
+    model = randomize_weights(DeepLabV3(3, backbone="resnet50", output_stride=8, multi_grid=(1, 2, 1),
+                                        aspp_filters=8, head_conv=True, aux_head=True, image_pooling=False,
+                                        preprocessing=None))
+    images = RNG.normal(size=(1, 65, 65, 3)).astype("float32")  # pre-normalized: no preprocessing layer
+    path = tmp_path / "resnet.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, DeepLabV3)
+    assert loaded.get_config() == model.get_config()
+    assert (loaded.backbone, loaded.output_stride, loaded.multi_grid, loaded.atrous_rates) == \
+        ("resnet50", 8, (1, 2, 1), (12, 24, 36))
+    assert (loaded.head_conv, loaded.aux_head, loaded.image_pooling, loaded.preprocessing) == \
+        (True, True, False, None)
+    names = {layer.name for layer in loaded.layers}
+    assert {"head_conv", "aux_conv", "aux_logits"} <= names and "preprocessing" not in names
+    assert unit_rates(loaded, 4, 6) == [(2, 2)] * 6
+    assert unit_rates(loaded, 5, 3) == [(4, 4), (8, 8), (4, 4)]
+    aspp = loaded.get_layer("aspp")
+    assert not aspp.image_pooling and len(aspp.branch_convs) == 4  # 1x1 + three rates, no pooling branch
+    assert [conv.dilation_rate for conv in aspp.branch_convs[1:]] == [(12, 12), (24, 24), (36, 36)]
+    expected, got = model.predict(images, verbose=0), loaded.predict(images, verbose=0)
+    assert set(got) == {"out", "aux"} and got["out"].shape == got["aux"].shape == (1, 65, 65, 3)
+    assert np.abs(expected["out"]).max() > 0
+    for key in ("out", "aux"):
+        np.testing.assert_array_equal(got[key], expected[key])
+
+
+LOAD_SCRIPT = textwrap.dedent("""
+    import sys
+    path, images, out = sys.argv[1:4]
+    if sys.argv[4] == "keras_first":
+        # Without keras_deeplab imported, Keras cannot find the classes: it imports a config's `module` only
+        # for its own packages (keras, keras_hub, ...), so registration must happen at `import keras_deeplab`.
+        import keras
+        try:
+            keras.models.load_model(path)
+        except TypeError as err:
+            assert "Could not locate class 'DeepLabV3'" in str(err), err
+        else:
+            raise AssertionError("loaded without keras_deeplab imported")
+        import keras_deeplab  # noqa: F401  (registers the classes; no attribute touched)
+    else:
+        import keras_deeplab  # noqa: F401
+        import keras
+    import numpy as np
+    model = keras.models.load_model(path)
+    assert type(model).__module__ == "keras_deeplab.model", type(model)
+    np.save(out, model.predict(np.load(images), verbose=0))
+""")
+
+
+@pytest.mark.parametrize("order", ["keras_deeplab_first", "keras_first"])
+def test_saved_model_loads_in_a_fresh_process_after_import_keras_deeplab(tmp_path, order):
+    """`import keras_deeplab` alone (no attribute access) is what makes load_model work in a new process;
+    this is why keras_deeplab/__init__.py imports the model eagerly rather than lazily."""
+    model = randomize_weights(DeepLabV3(4, **SMALL))
+    images = random_images(1, 65, 65)
+    np.save(tmp_path / "images.npy", images)
+    model.save(tmp_path / "m.keras")
+    result = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "m.keras"),
+                             str(tmp_path / "images.npy"), str(tmp_path / "out.npy"), order],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), model.predict(images, verbose=0))
+
+
 def neutralize_image_pooling(model):
     """Zero the ASPP projection weights that read the image-pooling branch (the last `filters` channels)."""
     aspp = model.get_layer("aspp")
@@ -193,19 +295,42 @@ def test_weights_move_between_output_strides():
     base.set_weights(weights)
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet50_v1.5"])
-def test_gradients_reach_every_trainable_weight(backbone):
+def conv_biases_feeding_batchnorm(model):
+    """Paths of the biases of convolutions whose only consumer is a BatchNormalization layer."""
+    consumers = collections.defaultdict(list)
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            for parent in node.parent_nodes:
+                consumers[parent.operation.name].append(layer)
+    return {layer.bias.path: consumers[layer.name][0] for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2D) and layer.use_bias and len(consumers[layer.name]) == 1
+            and isinstance(consumers[layer.name][0], keras.layers.BatchNormalization)}
+
+
+@pytest.mark.parametrize("backbone, n_bn_fed_biases", [("mobilenet_v2", 0), ("resnet50_v1.5", 0), ("resnet50", 53)])
+def test_gradients_reach_every_trainable_weight(backbone, n_bn_fed_biases):
+    """Every trainable weight gets a gradient, non-zero except where zero is exact by construction:
+    keras.applications' ResNet v1 layout (our "resnet50") has conv biases feeding straight into BatchNorm,
+    which in training subtracts the batch mean and so removes any per-channel constant: d loss / d bias = 0
+    in exact arithmetic (float32 leaves ~1e-7 of the following BN's beta gradient). Those biases are found
+    structurally (a biased conv whose only consumer is a BatchNormalization); the 53 of ResNet-50 are
+    conv1 + 3 per unit x 16 units + 4 shortcut convs."""
     model = randomize_weights(DeepLabV3(3, backbone=backbone, aspp_filters=8, head_conv=True))
     images = random_images(2, 65, 65)
     target = tf.constant(RNG.normal(size=(2, 65, 65, 3)).astype("float32"))
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean((model(images, training=True) - target) ** 2)
-    grads = tape.gradient(loss, model.trainable_variables)
+    grads = dict(zip((v.path for v in model.trainable_variables),
+                     tape.gradient(loss, model.trainable_variables)))
     assert len(grads) == len(model.trainable_variables) > 0
-    missing = [v.path for v, g in zip(model.trainable_variables, grads) if g is None]
-    zero = [v.path for v, g in zip(model.trainable_variables, grads) if g is not None and not np.any(g)]
+    missing = [path for path, g in grads.items() if g is None]
     assert not missing, f"no gradient: {missing}"
+    bn_fed = conv_biases_feeding_batchnorm(model)
+    assert len(bn_fed) == n_bn_fed_biases
+    zero = [path for path, g in grads.items() if path not in bn_fed and not np.any(g)]
     assert not zero, f"all-zero gradient: {zero}"
+    for path, bn in bn_fed.items():
+        assert np.abs(grads[path]).max() <= 1e-4 * np.abs(grads[bn.beta.path]).max(), path
 
 
 def expected_parameters(depth, num_classes=21, aspp_filters=256, n_rates=3):
