@@ -1,6 +1,9 @@
 """The `deeplab` command: one subcommand per job, each implemented by a `main(argv)` elsewhere.
 
-Subcommands are imported lazily so that `deeplab --help` is instant and does not load TensorFlow.
+Subcommands are imported lazily: a command loads only its own modules (the data, training or serving stacks).
+The `keras_deeplab` package itself is imported eagerly, Keras and TensorFlow included, because importing it
+registers the custom classes that `keras.models.load_model` needs; so even `deeplab --help` takes the few
+seconds TensorFlow needs to import.
 """
 import argparse
 import importlib
