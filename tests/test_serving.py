@@ -10,9 +10,11 @@ import math
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -177,6 +179,17 @@ def test_versions_path_status_and_metadata(server, references):
     assert signatures["predict_images"]["inputs"]["images"]["dtype"] == "DT_UINT8"
 
 
+def png_declaring(width, height):
+    """A valid, tiny PNG file (a few hundred bytes) whose header declares a `width` x `height` RGB image."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+PNG_BOMB = png_declaring(10000, 10000)  # 1e8 pixels: 300 MB decoded, more than the default 64 megapixels
 NOT_AN_IMAGE = {"instances": [{"b64": b64(b"this is not an image")}]}
 URL_SAFE = {"instances": [{"b64": base64.urlsafe_b64encode(b"\xfb\xff\xfe" * 4).decode()}]}  # has '-' and '_'
 BAD_REQUESTS = [
@@ -198,13 +211,30 @@ BAD_REQUESTS = [
     ("POST", ":predict", URL_SAFE, 400, "Unable to base64 decode"),
     ("POST", ":predict", {"instances": [{"b64": "AAAA"}], "signature_name": "nope"}, 400,
      'Serving signature name: "nope" not found'),
+    ("POST", ":predict", {"instances": [[[[1, 2, True]]]], "signature_name": "predict_images"}, 400,
+     "JSON Value: true Type: Bool is not of expected type: uint8"),
+    ("POST", ":predict", {"instances": [{"b64": b64(PNG_BOMB)}]}, 400,
+     "Image too large: input image_bytes item 0 is a PNG image of 10000x10000 = 100000000 pixels, more than the "
+     "server's --max_image_pixels 67108864"),
+    # Unknown versions and labels: the contract's wording for versions, TF Serving's for labels.
     ("POST", "/versions/9:predict", NOT_AN_IMAGE, 404, "Servable not found for request: Specific(deeplabv3, 9)"),
-    ("GET", "/versions/9", None, 404, "Could not find version 9"),
-    ("GET", "/versions/9/metadata", None, 404, "Servable not found"),
+    ("GET", "/versions/9", None, 404, "Servable not found for request: Specific(deeplabv3, 9)"),
+    ("GET", "/versions/9/metadata", None, 404, "Servable not found for request: Specific(deeplabv3, 9)"),
+    ("GET", "/labels/nope", None, 400, "Unrecognized servable version label: nope"),
+    ("GET", "/labels/nope/metadata", None, 400, "Unrecognized servable version label: nope"),
+    ("POST", "/labels/nope:predict", NOT_AN_IMAGE, 400, "Unrecognized servable version label: nope"),
+    # Methods and paths the API does not have: 400 JSON, whatever the method.
     ("DELETE", "", None, 400, "Malformed request: DELETE /v1/models/deeplabv3"),
+    ("PUT", ":predict", b"{}", 400, "Malformed request: PUT /v1/models/deeplabv3:predict"),
+    ("PATCH", "/metadata", b"{}", 400, "Malformed request: PATCH /v1/models/deeplabv3/metadata"),
+    ("OPTIONS", "", None, 400, "Malformed request: OPTIONS /v1/models/deeplabv3"),
+    ("TRACE", "", None, 400, "Malformed request: TRACE /v1/models/deeplabv3"),
+    ("PROPFIND", "/versions/1", None, 400, "Malformed request: PROPFIND /v1/models/deeplabv3/versions/1"),
     ("GET", ":predict", None, 400, "Malformed request: GET"),
     ("POST", "", b"{}", 400, "Malformed request: POST"),
+    ("POST", "/metadata", b"{}", 400, "Malformed request: POST /v1/models/deeplabv3/metadata"),
     ("POST", "/versions/x:predict", b"{}", 400, "Malformed request"),
+    ("GET", "/versions/1/labels/a", None, 400, "Malformed request"),
 ]
 
 
@@ -222,8 +252,18 @@ def test_bad_requests_get_tf_serving_errors(server, method, suffix, body, status
 
 def test_unknown_model_and_bodies_over_the_limit(server, references):
     url, process = server
-    reply = httpx.post(f"{url}/v1/models/nope:predict", json=NOT_AN_IMAGE)
-    assert reply.status_code == 404 and "Servable not found for request: Latest(nope)" in reply.json()["error"]
+    for method, suffix, status, error in (
+            ("POST", ":predict", 404, "Servable not found for request: Latest(nope)"),
+            ("GET", "", 404, "Servable not found for request: Latest(nope)"),
+            ("GET", "/metadata", 404, "Servable not found for request: Latest(nope)"),
+            ("GET", "/versions/3", 404, "Servable not found for request: Specific(nope, 3)"),
+            ("POST", "/versions/3:predict", 404, "Servable not found for request: Specific(nope, 3)"),
+            # The method and path are checked before the model is looked up.
+            ("DELETE", "", 400, "Malformed request: DELETE /v1/models/nope"),
+            ("TRACE", "/versions/3", 400, "Malformed request: TRACE /v1/models/nope/versions/3")):
+        reply = httpx.request(method, f"{url}/v1/models/nope{suffix}", json=NOT_AN_IMAGE if method == "POST" else None)
+        assert reply.status_code == status and reply.headers["content-type"] == "application/json", (method, suffix)
+        assert reply.json() == {"error": error}
     huge = {"instances": [{"b64": b64(os.urandom(MAX_BODY_BYTES))}]}
     reply = httpx.post(predict_url(url), json=huge, timeout=60)
     assert reply.status_code == 413 and "--max_body_bytes" in reply.json()["error"]
@@ -339,9 +379,178 @@ def test_model_config_file_serves_several_models_version_labels_and_deadlines(ba
         manager.stop()
     for reply in statuses:
         assert reply.status_code == 200 and reply.json()["model_version_status"][0]["state"] == "AVAILABLE"
-    assert unknown_label.status_code == 404
+    assert unknown_label.status_code == 400
+    assert unknown_label.json() == {"error": "Unrecognized servable version label: nope"}
     assert too_slow.status_code == 504, too_slow.text  # 1 ms is not enough for a 60x80 image
     assert_labels(labels[0], references["small"])
+
+
+def test_model_config_file_is_re_read(base_dir, tmp_path):
+    """--model_config_file_poll_wait_seconds: a model added with a label, then removed, while serving."""
+    from keras_deeplab.serving.manager import ModelManager
+    from keras_deeplab.serving.model_config import ModelConfig, read_models_config, write_models_config
+
+    folder = tmp_path / "deeplabv3"
+    shutil.copytree(base_dir / "1", folder / "1")
+    path = tmp_path / "models.config"
+    write_models_config(path, [ModelConfig("first", str(folder))])
+    manager = ModelManager(read_models_config(path), warmup=False, poll_seconds=0,
+                           config_reader=lambda: read_models_config(path), config_poll_seconds=3600)
+    manager.start()
+    try:
+        assert manager.reload_config() is False  # unchanged
+        write_models_config(path, [ModelConfig("first", str(folder), version_labels={"stable": 1}),
+                                   ModelConfig("second", str(folder))])
+        first = manager.model("first")
+        assert manager.reload_config() is True
+        manager.poll()
+        assert manager.model("first") is first  # same base path: kept loaded, new labels apply
+        assert first.status(label="stable")["model_version_status"][0]["state"] == "AVAILABLE"
+        assert manager.model("second").status()["model_version_status"][0]["state"] == "AVAILABLE"
+        path.write_text("not a models.config {")
+        assert manager.reload_config() is False and sorted(manager.models) == ["first", "second"]
+        write_models_config(path, [ModelConfig("second", str(folder))])
+        assert manager.reload_config() is True
+        with pytest.raises(json_tensor.ServingError, match=r"Servable not found for request: Latest\(first\)"):
+            manager.model("first")
+        with pytest.raises(json_tensor.ServingError, match="Latest\\(first\\)"):
+            first.acquire()  # unloaded
+    finally:
+        manager.stop()
+
+
+class _FakeServable:
+    """Stands in for a loaded version (no TensorFlow): one DT_STRING input; `run` does what it is told."""
+
+    version = 1
+    signature_defs = {}
+
+    def __init__(self, run):
+        self._run = run
+
+    def input_dtypes(self, signature_name):
+        return {"image_bytes": "DT_STRING"}
+
+    def run(self, signature_name, inputs, timeout_ms=None):
+        return self._run(inputs)
+
+    def release(self):
+        pass
+
+
+class _FakeManager:
+    def __init__(self, run):
+        from keras_deeplab.serving.manager import servable_not_found
+
+        self.looked_up = []
+        self._servable = _FakeServable(run)
+        self._not_found = servable_not_found
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def model(self, name, version=None):
+        self.looked_up.append(name)
+        if name != MODEL:
+            raise self._not_found(name, version)
+        return self
+
+    def acquire(self, version=None, label=None):
+        return self._servable
+
+
+def _asgi_requests(manager, requests, **app_options):
+    from keras_deeplab.serving.server import create_app
+
+    async def run():
+        transport = httpx.ASGITransport(app=create_app(manager, **app_options))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return [await client.request(method, path, content=content) for method, path, content in requests]
+
+    return asyncio.run(run())
+
+
+def test_out_of_memory_is_429_and_methods_are_checked_before_models():
+    def out_of_memory(inputs):
+        raise MemoryError()
+
+    manager = _FakeManager(out_of_memory)
+    body = json.dumps({"instances": [{"b64": b64(b"x")}]}).encode()
+    replies = _asgi_requests(manager, [("POST", f"/v1/models/{MODEL}:predict", body),
+                                       ("DELETE", "/v1/models/nope", None),
+                                       ("SEARCH", "/v1/models/nope/versions/2", None),
+                                       ("GET", "/v1/models/nope", None)])
+    assert [r.status_code for r in replies] == [429, 400, 400, 404]
+    assert all(r.headers["content-type"] == "application/json" for r in replies)
+    assert replies[0].json() == {"error": "Resource exhausted: out of memory while serving the request"}
+    assert replies[1].json() == {"error": "Malformed request: DELETE /v1/models/nope"}
+    assert replies[3].json() == {"error": "Servable not found for request: Latest(nope)"}
+    assert manager.looked_up == [MODEL, "nope"]  # the malformed requests never looked the model up
+
+
+def test_max_image_pixels_is_configurable():
+    ran = []
+    manager = _FakeManager(lambda inputs: ran.append(inputs) or {"labels": np.zeros((1, 2), np.int32)})
+    small = png_declaring(100, 50)  # 5000 pixels
+    body = json.dumps({"instances": [{"b64": b64(png_bytes(np.zeros((2, 2, 3), np.uint8)))},
+                                     {"b64": b64(small)}]}).encode()
+    too_many, unlimited = (_asgi_requests(manager, [("POST", f"/v1/models/{MODEL}:predict", body)],
+                                          max_image_pixels=limit)[0] for limit in (4999, 0))
+    assert too_many.status_code == 400 and len(ran) == 1  # only the unlimited request reached the servable
+    assert too_many.json()["error"] == ("Image too large: input image_bytes item 1 is a PNG image of 100x50 = 5000 "
+                                        "pixels, more than the server's --max_image_pixels 4999; send a smaller image")
+    assert unlimited.status_code == 200 and len(ran[0]["image_bytes"]) == 2
+
+
+def test_serve_flags_follow_tensorflow_model_server():
+    from keras_deeplab.serving.server import compatibility_notes, parse_args
+
+    args = parse_args(["--model_base_path", "m"])
+    assert args.model_name == "default"  # tensorflow_model_server's default
+    assert args.enable_model_warmup is True and args.enable_batching is False and args.port is None
+    assert args.max_image_pixels == 64 * 1024 * 1024 and args.model_config_file_poll_wait_seconds == 0
+    assert compatibility_notes(args) == []
+    for argv, expected in ((["--enable_model_warmup"], True), (["--enable_model_warmup=false"], False),
+                           (["--enable_model_warmup=0"], False), (["--enable_model_warmup", "true"], True),
+                           (["--enable_model_warmup=FALSE"], False)):
+        assert parse_args(["--model_base_path=m", *argv]).enable_model_warmup is expected, argv
+    args = parse_args(["--model_name=deeplabv3", "--model_base_path=m", "--port=8500", "--rest_api_port=9001",
+                       "--enable_batching", "--file_system_poll_wait_seconds=2", "--max_image_pixels=1000",
+                       "--enable_model_warmup=false"])
+    assert (args.model_name, args.port, args.rest_api_port, args.enable_batching, args.enable_model_warmup,
+            args.file_system_poll_wait_seconds, args.max_image_pixels) == ("deeplabv3", 8500, 9001, True, False,
+                                                                           2.0, 1000)
+    notes = compatibility_notes(args)
+    assert any("gRPC is not served" in note and "8500" in note for note in notes)
+    assert any("not batched" in note for note in notes)
+    assert parse_args(["--model_config_file=c", "--model_config_file_poll_wait_seconds=30"]
+                      ).model_config_file_poll_wait_seconds == 30
+    for argv in (["--model_base_path=m", "--enable_batching=maybe"], ["--model_base_path=m", "--port=x"],
+                 ["--model_base_path=m", "--model_config_file=c"], [],
+                 ["--model_base_path=m", "--batching_parameters_file=/no/such/file"],
+                 ["--model_base_path=m", "--max_image_pixels=-1"]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+def test_serve_logs_the_flags_it_does_not_act_on(base_dir, tmp_path, monkeypatch, caplog):
+    import uvicorn
+
+    from keras_deeplab.serving import server
+
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 8 }\n")
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
+    with caplog.at_level("WARNING", logger="keras_deeplab.serving"):
+        assert server.main(["--model_base_path", str(base_dir), "--port", "8500", "--enable_batching",
+                            f"--batching_parameters_file={batching}", "--rest_api_port=9002"]) == 0
+    assert started[0]["port"] == 9002
+    assert "gRPC is not served" in caplog.text and "not batched" in caplog.text
+    assert "serving default at" in caplog.text
 
 
 # ---- The JSON codec alone (no server) ----
@@ -375,6 +584,13 @@ def test_string_outputs_are_b64_only_for_bytes_names_and_batches_must_agree():
     ([[1], [2, 3]], "DT_FLOAT", "same shape"),
     (["a", {"b64": "!!"}], "DT_STRING", "Unable to base64 decode"),
     ([{"b64": "AAAA"}], "DT_INT64", "Type: Object is not of expected type: int64"),
+    # JSON bools and numbers never mix (numpy alone would read [1, true] as [1, 1])
+    ([1, True], "DT_INT32", "JSON Value: true Type: Bool is not of expected type: int32"),
+    ([[0.5], [False]], "DT_FLOAT", "JSON Value: false Type: Bool is not of expected type: float"),
+    ([[[1, 2, 3]], [[4, 5, True]]], "DT_UINT8", "JSON Value: true Type: Bool is not of expected type: uint8"),
+    (True, "DT_DOUBLE", "JSON Value: true Type: Bool is not of expected type: double"),
+    ([True, 0], "DT_BOOL", "JSON Value: 0 Type: Number is not of expected type: bool"),
+    ([False, 1.5], "DT_BOOL", "JSON Value: 1.5 Type: Number is not of expected type: bool"),
 ])
 def test_json_values_are_checked_against_the_signature_dtype(value, dtype, message):
     with pytest.raises(json_tensor.ServingError, match=message.replace("(", "\\(")) as caught:
@@ -390,6 +606,49 @@ def test_json_values_convert_to_the_signature_dtype():
     with pytest.raises(json_tensor.ServingError) as caught:
         json_tensor.request_tensors(json_tensor.parse_predict_body(b'{"inputs": [1]}'), {"x": "DT_HALF"})
     assert caught.value.status == 501
+
+
+def test_out_of_memory_in_the_codec_is_429(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(json_tensor.json, "loads", no_memory)
+    with pytest.raises(json_tensor.ServingError, match="out of memory while parsing the request") as caught:
+        json_tensor.parse_predict_body(b'{"instances": [1]}')
+    assert caught.value.status == 429
+    monkeypatch.setattr(json_tensor, "_encode_items", no_memory)
+    with pytest.raises(json_tensor.ServingError, match="out of memory while encoding the response") as caught:
+        json_tensor.predict_response({"x": np.zeros(2)}, row_format=True)
+    assert caught.value.status == 429
+
+
+def test_image_dimensions_read_from_headers():
+    def encoded(image, format, **options):
+        buffer = io.BytesIO()
+        image.save(buffer, format=format, **options)
+        return buffer.getvalue()
+
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 41, 3), dtype=np.uint8))
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(41, dtype=np.uint8) * 6, (30, 1))))  # transparency: VP8X
+    cases = {("PNG", ()): encoded(rgb, "PNG"), ("JPEG", ()): encoded(rgb, "JPEG"),
+             ("JPEG", ("progressive", "exif")): encoded(rgb, "JPEG", progressive=True, exif=b"Exif\0\0" + b"x" * 300),
+             ("GIF", ()): encoded(rgb, "GIF"), ("BMP", ()): encoded(rgb, "BMP"),
+             ("WEBP", ("lossy",)): encoded(rgb, "WEBP"), ("WEBP", ("lossless",)): encoded(rgb, "WEBP", lossless=True),
+             ("WEBP", ("alpha", "VP8X")): encoded(rgba, "WEBP")}
+    assert cases["WEBP", ("alpha", "VP8X")][12:16] == b"VP8X"
+    for (kind, _), data in cases.items():
+        assert json_tensor.image_dimensions(data) == (kind, 41, 30), kind
+    assert json_tensor.image_dimensions(PNG_BOMB) == ("PNG", 10000, 10000)
+    for data in (b"not an image", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF....WEBPVP8 ", b""):
+        assert json_tensor.image_dimensions(data) is None, data
+    inputs = {"image_bytes": np.array([cases["PNG", ()], b"text", PNG_BOMB], object),
+              "other": np.zeros((2, 2), np.float32)}
+    with pytest.raises(json_tensor.ServingError, match="item 2 is a PNG image of 10000x10000") as caught:
+        json_tensor.check_image_pixels(inputs, json_tensor.DEFAULT_MAX_IMAGE_PIXELS)
+    assert caught.value.status == 400
+    json_tensor.check_image_pixels(inputs, 0)  # no limit
+    json_tensor.check_image_pixels(inputs, 10**8)  # exactly at the limit is allowed
 
 
 def test_serving_package_needs_only_the_savedmodel():

@@ -7,11 +7,20 @@ Responses: `{"predictions": [...]}` for row requests, `{"outputs": ...}` for col
 whose name ends in `_bytes` are written as `{"b64": "..."}`; floats print with 6 (float32) or 15 (float64)
 significant digits unless more are needed to round-trip; NaN and Infinity are bare tokens.
 
+Types follow the signature strictly, as TF Serving: a JSON `true`/`false` is only a DT_BOOL value and numbers are
+never bools, so a list mixing them is rejected for every dtype. Running out of memory while parsing, converting or
+encoding is answered with 429 (RESOURCE_EXHAUSTED), as the contract says. Encoded images in DT_STRING inputs can
+be measured from their headers (`image_dimensions`, `check_image_pixels`) so that a server rejects a tiny file
+declaring a huge picture (a decompression bomb) before any decoder allocates it.
+
 This module needs only numpy and the standard library, so clients and tests can use it without TensorFlow.
 """
 import base64
 import binascii
+import functools
+import itertools
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +48,9 @@ JSON_DTYPES = frozenset(NUMPY_DTYPES)
 # (significant digits tried first, digits that always round-trip) per float width, as TF's FloatToBuffer.
 _FLOAT_DIGITS = {np.dtype(np.float32): (6, 9), np.dtype(np.float64): (15, 17)}
 
+# A server's default bound on the pixels of one encoded image in a request (`--max_image_pixels`).
+DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+
 
 class ServingError(Exception):
     """A request that cannot be served: `status` is the HTTP status code, `message` the `{"error": ...}` text."""
@@ -47,6 +59,19 @@ class ServingError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+def out_of_memory_is_429(what):
+    """Decorator: a MemoryError inside the function becomes ServingError 429 (TF Serving's RESOURCE_EXHAUSTED)."""
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except MemoryError:
+                raise ServingError(f"Resource exhausted: out of memory while {what}", 429) from None
+        return wrapper
+    return decorate
 
 
 @dataclass
@@ -58,6 +83,7 @@ class PredictRequest:
     data: Any
 
 
+@out_of_memory_is_429("parsing the request")
 def parse_predict_body(body):
     """Parses a predict request body (bytes or str) into a PredictRequest, or raises ServingError (400)."""
     try:
@@ -81,6 +107,7 @@ def parse_predict_body(body):
     return PredictRequest(signature_name, has_instances, document["instances" if has_instances else "inputs"])
 
 
+@out_of_memory_is_429("converting the request to tensors")
 def request_tensors(request, input_dtypes):
     """The input arrays of `request` for a signature whose inputs are `input_dtypes` ({name: "DT_..."}).
 
@@ -151,6 +178,8 @@ def to_array(value, dtype_name, where="input"):
         if bad is _NOT_FOUND:  # integers too large for any fixed-width type
             raise ServingError(f"{where}: a value is out of range for type: {_type_name(target)}")
         raise _type_error(bad, target)
+    if kind != "b" and _has_bool_leaf(value, array.ndim):  # numpy reads [true, 1] as numbers
+        raise _type_error(_first_element(value, lambda v: isinstance(v, bool)), target)
     if target.kind in "iu":
         info = np.iinfo(target)
         low, high = array.min(), array.max()
@@ -171,6 +200,16 @@ def _regular_array(value, where, dtype=None):
         raise ServingError(f"{where}: all elements must be lists of the same shape (a tensor), or values of one "
                            "type; got nested lists of different lengths or mixed types")
     return array
+
+
+def _has_bool_leaf(value, depth):
+    """Whether a regular nesting of lists `depth` deep holds a JSON bool (a Python bool) among its leaves."""
+    if depth == 0:
+        return isinstance(value, bool)
+    leaves = value
+    for _ in range(depth - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    return bool in set(map(type, leaves))
 
 
 def _nested_shape(value):
@@ -258,6 +297,7 @@ def _preview(text, limit=80):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+@out_of_memory_is_429("encoding the response")
 def predict_response(outputs, row_format):
     """The JSON text answering a predict request: `outputs` maps output names to arrays."""
     names = sorted(outputs)
@@ -344,6 +384,98 @@ def _nest(strings):
     if strings.ndim == 1:
         return "[" + ",".join(strings.tolist()) + "]"
     return "[" + ",".join(_nest(row) for row in strings) + "]"
+
+
+# ---- Encoded image sizes from their headers (no decoding).
+
+def image_dimensions(data):
+    """(format, width, height) that an encoded image declares in its header, without decoding it; None for bytes
+    that are not a PNG, JPEG, GIF, BMP or WebP header (or are cut short before the size)."""
+    try:
+        for magic, reader in _IMAGE_HEADERS:
+            if data.startswith(magic):
+                size = reader(data)
+                return None if size is None else (reader.__name__.strip("_").upper(), *size)
+    except (struct.error, IndexError, ValueError):
+        return None
+    return None
+
+
+def _png(data):  # signature, then the IHDR chunk: length, "IHDR", width, height (big-endian)
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _jpeg(data):  # markers up to the first start-of-frame: FF Cn, length, precision, height, width
+    index = 2
+    while index + 4 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            index += 2
+            continue
+        length = struct.unpack(">H", data[index + 2:index + 4])[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[index + 5:index + 9])
+            return width, height
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image or scan data before any frame header
+            return None
+        index += 2 + length
+    return None
+
+
+def _gif(data):  # logical screen width, height (little-endian) after "GIF87a"/"GIF89a"
+    return struct.unpack("<HH", data[6:10])
+
+
+def _bmp(data):  # BITMAPCOREHEADER: 16-bit sizes; later headers: signed 32-bit (negative height: top-down)
+    header_size = struct.unpack("<I", data[14:18])[0]
+    if header_size == 12:
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)
+
+
+def _webp(data):  # RIFF....WEBP, then a VP8 (lossy), VP8L (lossless) or VP8X (extended: canvas) chunk
+    if data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+_IMAGE_HEADERS = ((b"\x89PNG\r\n\x1a\n", _png), (b"\xff\xd8", _jpeg), (b"GIF87a", _gif), (b"GIF89a", _gif),
+                  (b"BM", _bmp), (b"RIFF", _webp))
+
+
+def check_image_pixels(inputs, max_pixels):
+    """Raises ServingError (400) if an encoded image in a DT_STRING input (an object array of bytes in `inputs`,
+    {name: array}) declares more than `max_pixels` pixels in its header; None or 0: no limit."""
+    if not max_pixels:
+        return
+    for name, array in inputs.items():
+        array = np.asarray(array)
+        if array.dtype != object:
+            continue
+        for index, item in enumerate(array.ravel()):
+            found = image_dimensions(item) if isinstance(item, bytes) else None
+            if found is not None and found[1] * found[2] > max_pixels:
+                kind, width, height = found
+                raise ServingError(f"Image too large: input {name} item {index} is a {kind} image of "
+                                   f"{width}x{height} = {width * height} pixels, more than the server's "
+                                   f"--max_image_pixels {max_pixels}; send a smaller image")
 
 
 def error_body(message):

@@ -4,7 +4,18 @@ Serves what `tensorflow_model_server --rest_api_port` serves, through the same T
 `POST /v1/models/{name}[/versions/{n}|/labels/{label}]:predict` (row and columnar formats, b64, signature_name),
 `GET /v1/models/{name}[/versions/{n}]` (status) and `GET .../metadata`, with TF Serving's status codes and
 `{"error": ...}` bodies. The newest version is served (or the versions a models.config asks for); new version
-folders are picked up while running. Sessions run in a thread pool. Bodies above `--max_body_bytes` get 413.
+folders are picked up while running. Sessions run in a thread pool. Bodies above `--max_body_bytes` get 413;
+an encoded image declaring more than `--max_image_pixels` pixels in its header gets 400 before it is decoded;
+running out of memory gets 429.
+
+Requests are checked in TF Serving's order: a path under /v1/ that is not one of the API's, or a method that the
+path does not take (any method: DELETE, PUT, TRACE, PROPFIND, ...), is 400 `Malformed request: METHOD PATH`
+before any model is looked up; then an unknown model or version is 404 `Servable not found for request: ...`.
+
+Flags are tensorflow_model_server's (`--flag=value` or `--flag value`; booleans also bare: `--enable_batching`).
+Accepted but not acted on: `--port` (gRPC is not served, only REST), `--enable_batching` and
+`--batching_parameters_file` (each request runs as its own batch; the exported signatures do batch under the real
+server).
 
 It needs only the SavedModel: nothing here imports the model or training code.
 """
@@ -18,8 +29,8 @@ import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from keras_deeplab.serving.json_tensor import (ServingError, error_body, parse_predict_body, predict_response,
-                                               request_tensors)
+from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, check_image_pixels,
+                                               error_body, parse_predict_body, predict_response, request_tensors)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # After the limit, at most this much more of a body is read (and dropped) so the client still gets the 413.
@@ -32,7 +43,24 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
 log = logging.getLogger("keras_deeplab.serving")
 
 
-def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8):
+# (method, path suffix) -> operation: every other combination under /v1/models/ is a malformed request.
+_OPERATIONS = {("GET", None): "status", ("GET", "/metadata"): "metadata", ("POST", ":predict"): "predict",
+               ("POST", ":classify"): "unsupported", ("POST", ":regress"): "unsupported"}
+
+
+class _AnyMethod:
+    """An ASGI app wrapper, so that Starlette's Route passes every HTTP method through (it answers methods it
+    was not told about with its own 405 text/plain; the contract wants 400 JSON)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        await self.app(scope, receive, send)
+
+
+def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8,
+               max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """The ASGI app answering TF Serving's REST API for the models of a `ModelManager`.
 
     The manager is started (first poll, then background polling) when the app starts and stopped with it.
@@ -40,7 +68,7 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
     from starlette.applications import Starlette
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
-    from starlette.routing import Route
+    from starlette.routing import Route, request_response
 
     executor = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predict")
 
@@ -54,6 +82,8 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
             return json_response(error_body(error.message), error.status)
         except ClientDisconnect:
             return json_response(error_body("Client closed the request"), 499)
+        except MemoryError:
+            return json_response(error_body("Resource exhausted: out of memory while serving the request"), 429)
         except Exception as error:  # noqa: BLE001 - answer, log, and stay up
             log.exception("request %s %s failed", request.method, request.url.path)
             return json_response(error_body(f"Internal error: {type(error).__name__}: {error}"), 500)
@@ -63,33 +93,32 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
         match = _PATH.match(path)
         if not path.startswith("/v1/"):
             raise ServingError(f"Not found: {request.method} {path} (the REST API lives under /v1/models/)", 404)
-        if match is None:
+        operation = None if match is None else _OPERATIONS.get((request.method, match["suffix"]))
+        if operation is None:  # checked before the model is looked up, as TF Serving does
             raise ServingError(f"Malformed request: {request.method} {path}")
         suffix = match["suffix"]
         version = int(match["version"]) if match["version"] is not None else None
         label = match["label"]
-        model = manager.model(match["name"])
-        if request.method == "GET" and suffix is None:
+        model = manager.model(match["name"], version)
+        if operation == "status":
             return json_response(json.dumps(model.status(version, label)))
-        if request.method == "GET" and suffix == "/metadata":
+        if operation == "metadata":
             servable = model.acquire(version, label)
             try:
                 return json_response(_metadata(match["name"], servable))
             finally:
                 servable.release()
-        if request.method == "POST" and suffix == ":predict":
+        if operation == "predict":
             body = await _read_body(request)
             servable = model.acquire(version, label)
             try:
                 loop = asyncio.get_running_loop()
-                text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms)
+                text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms, max_image_pixels)
             finally:
                 servable.release()
             return json_response(text)
-        if request.method == "POST" and suffix in (":classify", ":regress"):
-            raise ServingError(f"{suffix[1:]} is not supported: the signatures of this model are predict "
-                               "signatures; use :predict")
-        raise ServingError(f"Malformed request: {request.method} {path}")
+        raise ServingError(f"{suffix[1:]} is not supported: the signatures of this model are predict "
+                           "signatures; use :predict")
 
     async def _read_body(request):
         """The body; past `max_body_bytes` the rest is read and dropped (up to a bound) and 413 is raised."""
@@ -117,14 +146,19 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
             manager.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)], lifespan=lifespan)
+    # methods=None with an ASGI endpoint: every method reaches `dispatch`, which answers the unlisted ones.
+    return Starlette(routes=[Route("/{path:path}", _AnyMethod(request_response(dispatch)), methods=None)],
+                     lifespan=lifespan)
 
 
-def _predict(servable, body, timeout_ms):
-    """Parses a predict body, runs the signature and returns the response JSON text (in a worker thread)."""
+def _predict(servable, body, timeout_ms, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+    """Parses a predict body, runs the signature and returns the response JSON text (in a worker thread).
+
+    Encoded images whose headers declare more than `max_image_pixels` pixels are refused (400) before the graph
+    decodes them."""
     request = parse_predict_body(body)
     inputs = request_tensors(request, servable.input_dtypes(request.signature_name))
+    check_image_pixels(inputs, max_image_pixels)
     outputs = servable.run(request.signature_name, inputs, timeout_ms=timeout_ms)
     return predict_response(outputs, request.row_format)
 
@@ -148,15 +182,37 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _add_bool(parser, name, default, help):
+    """A tensorflow_model_server boolean flag: `--name` alone means true; `--name=true|false|1|0` (or with a
+    space) sets it."""
+    parser.add_argument(name, type=_bool, nargs="?", const=True, default=default, metavar="true|false",
+                        help=f"{help} (default: {str(default).lower()}; a bare {name} means true)")
+
+
+DEFAULT_MODEL_NAME = "default"  # tensorflow_model_server's
+
+
 def _parser():
     parser = argparse.ArgumentParser(
         prog="deeplab serve",
-        description="Serve SavedModels over TensorFlow Serving's REST API (same flags as tensorflow_model_server).",
+        description="Serve SavedModels over TensorFlow Serving's REST API (same flags as tensorflow_model_server; "
+                    "--flag=value or --flag value; booleans may be bare). Differences: only the REST API is "
+                    "served (--port, the gRPC port, is accepted and ignored); --rest_api_port defaults to 8501 "
+                    "(tensorflow_model_server's 0 disables REST); requests are not batched across clients.",
         epilog="The same folder with TensorFlow Serving: docker run --rm -p 8501:8501 "
-               "-v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" -e MODEL_NAME=deeplabv3 tensorflow/serving")
-    parser.add_argument("--model_name", help="model name in URLs (default: the base path's folder name)")
+               "-v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" -e MODEL_NAME=deeplabv3 tensorflow/serving "
+               "(the Docker image passes --model_name=$MODEL_NAME, default 'model')")
+    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
+                        help="model name in URLs (default: %(default)s, as tensorflow_model_server; pass the name "
+                             "clients use, e.g. deeplabv3)")
     parser.add_argument("--model_base_path", help="folder holding numeric version folders")
     parser.add_argument("--model_config_file", help="a TF Serving models.config (several models / versions)")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                        help="re-read --model_config_file this often (models added, removed or changed); 0: read "
+                             "it only at start (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="tensorflow_model_server's gRPC port (8500 there): accepted for compatibility, but "
+                             "gRPC is not served; use the REST API")
     parser.add_argument("--rest_api_port", type=int, default=8501, help="HTTP port (default: %(default)s)")
     parser.add_argument("--rest_api_host", default="127.0.0.1",
                         help="address to bind (default: %(default)s; 0.0.0.0 to accept other machines)")
@@ -168,8 +224,17 @@ def _parser():
                         help="how often to look for new versions; 0 to look only at start (default: %(default)s)")
     parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get HTTP 413 (default: %(default)s)")
-    parser.add_argument("--enable_model_warmup", type=_bool, default=True, metavar="true|false",
-                        help="replay assets.extra/tf_serving_warmup_requests when loading (default: true)")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="an encoded image (PNG, JPEG, GIF, BMP, WebP) whose header declares more pixels gets "
+                             "HTTP 400 before it is decoded; 0: no limit (default: %(default)s, 64 megapixels; "
+                             "not a tensorflow_model_server flag)")
+    _add_bool(parser, "--enable_model_warmup", True,
+              "replay assets.extra/tf_serving_warmup_requests when loading")
+    _add_bool(parser, "--enable_batching", False,
+              "accepted for compatibility: requests are not batched across clients here (each runs as its own "
+              "batch)")
+    parser.add_argument("--batching_parameters_file",
+                        help="accepted for compatibility (must exist); not used, as --enable_batching")
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                         help="threads inside one op (0: TensorFlow's choice)")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -177,12 +242,36 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The parsed `deeplab serve` flags, checked; SystemExit with the reason for a bad combination."""
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if bool(args.model_base_path) == bool(args.model_config_file):
         raise SystemExit("deeplab serve: give exactly one of --model_base_path and --model_config_file")
     if args.max_body_bytes < 1:
         raise SystemExit("deeplab serve: --max_body_bytes must be positive")
+    if args.max_image_pixels < 0:
+        raise SystemExit("deeplab serve: --max_image_pixels must be 0 (no limit) or positive")
+    if args.batching_parameters_file and not os.path.isfile(args.batching_parameters_file):
+        raise SystemExit(f"deeplab serve: --batching_parameters_file {args.batching_parameters_file} is not a file")
+    return args
+
+
+def compatibility_notes(args):
+    """Warnings for tensorflow_model_server flags that are accepted but not acted on here."""
+    notes = []
+    if args.port is not None:
+        notes.append(f"--port={args.port}: gRPC is not served by deeplab serve; only the REST API on "
+                     f"--rest_api_port={args.rest_api_port}")
+    if args.enable_batching or args.batching_parameters_file:
+        notes.append("--enable_batching/--batching_parameters_file: requests are not batched across clients here; "
+                     "each request runs as its own batch")
+    if args.model_config_file_poll_wait_seconds > 0 and not args.model_config_file:
+        notes.append("--model_config_file_poll_wait_seconds has no effect without --model_config_file")
+    return notes
+
+
+def main(argv=None):
+    args = parse_args(argv)
     import tensorflow as tf
     import uvicorn
 
@@ -190,20 +279,26 @@ def main(argv=None):
     from keras_deeplab.serving.model_config import ModelConfig, read_models_config
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for note in compatibility_notes(args):
+        log.warning("%s", note)
+    config_reader = None
     if args.model_config_file:
         configs = read_models_config(args.model_config_file)
+        if args.model_config_file_poll_wait_seconds > 0:
+            config_reader = lambda: read_models_config(args.model_config_file)  # noqa: E731
     else:
         base_path = os.path.abspath(args.model_base_path)
         if not os.path.isdir(base_path):
             raise SystemExit(f"deeplab serve: --model_base_path {args.model_base_path} is not a folder")
-        configs = [ModelConfig(args.model_name or os.path.basename(base_path), base_path)]
+        configs = [ModelConfig(args.model_name, base_path)]
     session_config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism,
         inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism)
     manager = ModelManager(configs, session_config, warmup=args.enable_model_warmup,
-                           poll_seconds=args.file_system_poll_wait_seconds)
+                           poll_seconds=args.file_system_poll_wait_seconds, config_reader=config_reader,
+                           config_poll_seconds=args.model_config_file_poll_wait_seconds)
     app = create_app(manager, max_body_bytes=args.max_body_bytes, timeout_ms=args.rest_api_timeout_in_ms,
-                     num_threads=args.rest_api_num_threads)
+                     num_threads=args.rest_api_num_threads, max_image_pixels=args.max_image_pixels)
     names = ", ".join(c.name for c in configs)
     log.warning("serving %s at http://%s:%d/v1/models/", names, args.rest_api_host, args.rest_api_port)
     uvicorn.run(app, host=args.rest_api_host, port=args.rest_api_port, log_level="warning", access_log=False)
