@@ -12,13 +12,17 @@ import sys
 # name -> (module:function taking argv, one-line help)
 COMMANDS = {
     "demo": ("keras_deeplab.demo:main", "run the bundled end-to-end demo (train, evaluate, export, predict)"),
-    "prepare": ("keras_deeplab.data.prepare:main", "convert a dataset (VOC, image+label folders, TFDS) to TFRecords"),
-    "train": ("keras_deeplab.training.train:main", "train a model from a config file (model.fit under tf.distribute)"),
-    "evaluate": ("keras_deeplab.training.evaluate:main", "evaluate mIoU (single/multi-scale, flip) and write JSON"),
+    "prepare": ("keras_deeplab.data.prepare:main",
+                "convert a dataset (VOC, image+label folders, TFDS) to TFRecords"),
+    "train": ("keras_deeplab.training.train:main",
+              "train a model from a config file (model.fit under tf.distribute)"),
+    "evaluate": ("keras_deeplab.training.evaluate:main",
+                 "evaluate mIoU (single/multi-scale, flip) and write JSON"),
     "export": ("keras_deeplab.export:main", "export a SavedModel for TensorFlow Serving"),
     "serve": ("keras_deeplab.serving.server:main", "serve a SavedModel over TF Serving's REST API"),
     "predict": ("keras_deeplab.predict:main", "segment images and write label PNGs and colour overlays"),
-    "analyze-rates": ("keras_deeplab.analysis:main", "tabulate and plot valid atrous taps per rate (paper Fig. 4)"),
+    "analyze-rates": ("keras_deeplab.analysis:main",
+                      "tabulate and plot valid atrous taps per rate (paper Fig. 4)"),
     "summary": ("keras_deeplab.complexity:main", "print parameters and GFLOPs of model variants"),
 }
 

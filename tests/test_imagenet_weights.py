@@ -10,9 +10,10 @@ import pytest
 from keras_deeplab import DeepLabV3
 
 # backbone -> (keras.applications model, its preprocessing, the layer whose output is the OS32 feature map)
+RESNET_PREPROCESS = keras.applications.resnet.preprocess_input
 APPLICATIONS = {
-    "resnet50": (keras.applications.ResNet50, keras.applications.resnet.preprocess_input, "conv5_block3_out"),
-    "resnet101": (keras.applications.ResNet101, keras.applications.resnet.preprocess_input, "conv5_block3_out"),
+    "resnet50": (keras.applications.ResNet50, RESNET_PREPROCESS, "conv5_block3_out"),
+    "resnet101": (keras.applications.ResNet101, RESNET_PREPROCESS, "conv5_block3_out"),
     "mobilenet_v2": (keras.applications.MobileNetV2, keras.applications.mobilenet_v2.preprocess_input,
                      "block_16_project_BN"),
 }
@@ -57,7 +58,8 @@ def test_backbone_features_equal_keras_applications(tmp_path, backbone, size):
 
     # The weight mapping and the backbone, exactly: our layers after the in-model preprocessing, fed
     # keras.applications' own normalized images.
-    backbone_only = keras.Model(model.get_layer("preprocessing").output, model.get_layer(feature_layer).output)
+    backbone_only = keras.Model(model.get_layer("preprocessing").output,
+                                model.get_layer(feature_layer).output)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone_only(normalized, training=False)),
                                   reference)
 

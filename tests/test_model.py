@@ -307,7 +307,8 @@ def conv_biases_feeding_batchnorm(model):
             and isinstance(consumers[layer.name][0], keras.layers.BatchNormalization)}
 
 
-@pytest.mark.parametrize("backbone, n_bn_fed_biases", [("mobilenet_v2", 0), ("resnet50_v1.5", 0), ("resnet50", 53)])
+@pytest.mark.parametrize("backbone, n_bn_fed_biases",
+                         [("mobilenet_v2", 0), ("resnet50_v1.5", 0), ("resnet50", 53)])
 def test_gradients_reach_every_trainable_weight(backbone, n_bn_fed_biases):
     """Every trainable weight gets a gradient, non-zero except where zero is exact by construction:
     keras.applications' ResNet v1 layout (our "resnet50") has conv biases feeding straight into BatchNorm,
