@@ -2,7 +2,9 @@
 image its label map (palette PNG) and a colour overlay with a legend.
 
 Both backends speak the export's serving contract: encoded image bytes in, `labels` (int32 [N, H, W], padded
-with 255 to the largest image of the batch) and `image_size` (int32 [N, 2]) out.
+with 255 to the largest image of the batch) and `image_size` (int32 [N, 2]) out. `--model` runs the SavedModel
+through the same code path as `deeplab serve` (`keras_deeplab.serving.servable.Servable`: the TF1 SavedModel
+loader, tags `serve`, a Session run by the signature's tensor names), which is how TF Serving runs it.
 """
 import argparse
 import io
@@ -59,29 +61,51 @@ def read_export_info(version_dir):
 
 
 class SavedModelSegmenter:
-    """Runs the `serving_default` signature of an exported SavedModel on encoded images."""
+    """Runs the `serving_default` signature of an exported SavedModel on encoded images, loaded as `deeplab serve`
+    and TF Serving load it (`Servable`: TF1 loader, Session, tensor names; no warmup). `close()` frees the
+    Session (also on leaving a `with` block)."""
 
     def __init__(self, version_dir):
-        import tensorflow as tf  # only this backend needs TensorFlow
+        from keras_deeplab.serving.servable import Servable  # only this backend needs TensorFlow
 
-        self._tf = tf
         try:
-            signatures = tf.saved_model.load(str(version_dir)).signatures
+            self._servable = Servable(version_dir, warmup=False)
         except Exception as error:  # TF raises many types for unreadable SavedModels
             raise PredictError(f"cannot load SavedModel {version_dir}: {error}") from error
+        signatures = self._servable.signatures
+        missing = None
         if SERVING_SIGNATURE not in signatures:
-            raise PredictError(f"SavedModel {version_dir} has no {SERVING_SIGNATURE!r} signature "
-                               f"(it has {sorted(signatures)})")
-        self._signature = signatures[SERVING_SIGNATURE]
+            missing = f"has no {SERVING_SIGNATURE!r} signature (it has {sorted(signatures)})"
+        elif "image_bytes" not in signatures[SERVING_SIGNATURE][0] or not {"labels", "image_size"} <= set(
+                signatures[SERVING_SIGNATURE][1]):
+            inputs, outputs = signatures[SERVING_SIGNATURE]
+            missing = (f"signature {SERVING_SIGNATURE!r} takes {sorted(inputs)} and returns {sorted(outputs)}; "
+                       "expected image_bytes -> labels, image_size")
+        if missing:
+            self.close()
+            raise PredictError(f"SavedModel {version_dir} {missing}")
 
     def __call__(self, encoded_images):
         """Label maps (int arrays [H, W], one per image, padding cut off) of a list of encoded images."""
+        import numpy as np
+
+        from keras_deeplab.serving.json_tensor import ServingError
+
         try:
-            outputs = self._signature(image_bytes=self._tf.constant(encoded_images, self._tf.string))
-        except self._tf.errors.InvalidArgumentError as error:  # e.g. a format the graph cannot decode
+            outputs = self._servable.run(SERVING_SIGNATURE, {"image_bytes": np.array(encoded_images, dtype=object)})
+        except ServingError as error:  # e.g. a format the graph cannot decode
             raise PredictError(f"the SavedModel rejected the input: {error.message.splitlines()[0]}") from error
-        labels, sizes = outputs["labels"].numpy(), outputs["image_size"].numpy()
+        labels, sizes = outputs["labels"], outputs["image_size"]
         return [label_map[:height, :width] for label_map, (height, width) in zip(labels, sizes)]
+
+    def close(self):
+        self._servable.retire()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
 
 
 class ServingSegmenter:
@@ -99,6 +123,9 @@ class ServingSegmenter:
             return self._client.predict(encoded_images)
         except TFServingError as error:  # unreachable server, unknown model or version, bad request
             raise PredictError(f"model server: {error}") from error
+
+    def close(self):
+        self._client.close()
 
 
 def load_image(path):
@@ -162,6 +189,13 @@ def _run(args):
         segment = SavedModelSegmenter(version_dir)
     else:
         segment = ServingSegmenter(args.url, args.model_name, args.version, args.batch_size)
+    try:
+        _write_pictures(args, info, segment)
+    finally:
+        segment.close()
+
+
+def _write_pictures(args, info, segment):
     colormap_name = args.colormap or info.get("colormap") or DEFAULT_COLORMAP
     if colormap_name not in viz.COLORMAPS:
         raise PredictError(f"the export info names an unknown colormap {colormap_name!r}; pass --colormap")

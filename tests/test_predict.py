@@ -90,6 +90,50 @@ def test_predict_with_a_version_folder_or_version_number(model_base, tmp_path):
         np.testing.assert_array_equal(labels, _red_channel_labels(IMAGES[1], 128))
 
 
+def test_model_runs_through_the_servers_tf1_session_path(model_base, tmp_path, monkeypatch):
+    """`--model` loads with `Servable` (TF1 loader, Session, tensor names), as `deeplab serve` does, and closes it."""
+    import tensorflow as tf
+
+    from keras_deeplab.serving import servable
+
+    def no_tf2_loader(*args, **kwargs):
+        raise AssertionError("deeplab predict used tf.saved_model.load")
+
+    loaded, retired = [], []
+
+    class RecordingServable(servable.Servable):
+        def __init__(self, path, *args, **kwargs):
+            super().__init__(path, *args, **kwargs)
+            loaded.append((Path(path), kwargs.get("warmup")))
+
+        def retire(self):
+            retired.append(self.path)
+            super().retire()
+
+    monkeypatch.setattr(tf.saved_model, "load", no_tf2_loader)
+    monkeypatch.setattr(servable, "Servable", RecordingServable)
+    out = tmp_path / "out"
+    assert _predict(*IMAGES, "--model", model_base, "--out", out, "--batch_size", 2) == 0
+    assert loaded == [(model_base / "2", False)] and retired == [str(model_base / "2")]
+    for image_path in IMAGES:
+        np.testing.assert_array_equal(np.array(Image.open(out / f"{image_path.stem}_labels.png")),
+                                      _red_channel_labels(image_path, 64))
+
+
+def test_a_savedmodel_without_the_serving_signature_is_named(tmp_path, capsys):
+    import tensorflow as tf
+
+    class Other(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def double(self, x):
+            return {"y": 2 * x}
+
+    module = Other()
+    tf.saved_model.save(module, str(tmp_path / "model" / "1"), signatures={"double": module.double})
+    assert _predict(IMAGES[0], "--model", tmp_path / "model", "--out", tmp_path / "out") == 1
+    assert "has no 'serving_default' signature (it has ['double'])" in capsys.readouterr().err
+
+
 def test_colormap_comes_from_the_export_info_unless_given(model_base, tmp_path):
     version = tmp_path / "model" / "3"
     _save_red_channel_model(version, divisor=64)
