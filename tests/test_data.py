@@ -349,3 +349,98 @@ def test_ade20k_preset_ignores_other_and_shifts_classes(tmp_path):
     assert info["num_classes"] == 150 and info["class_names"][0] == "wall" and info["colormap"] == "ade20k"
     (_, labels), = list(eval_dataset(tmp_path / "out", "validation"))
     np.testing.assert_array_equal(labels.numpy()[0], [[255, 0, 1], [74, 149, 255]])
+
+
+# ------------------------------------------------------------------------------------------------ Cityscapes
+
+
+def make_cityscapes_tree(root, label_ids):
+    """A Cityscapes-like tree (leftImg8bit/val/<city>/, gtFine/val/<city>/) with one image and both label
+    files, as after cityscapesscripts' createTrainIdLabelImgs.py: `*_gtFine_labelIds.png` holding `label_ids`
+    and `*_gtFine_labelTrainIds.png` holding their train ids (the official table, written out independently).
+    Returns the train ids."""
+    official_train_ids = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                          25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    train_ids = np.vectorize(lambda v: official_train_ids.get(int(v), 255))(label_ids).astype(np.uint8)
+    images, labels = root / "leftImg8bit" / "val" / "frankfurt", root / "gtFine" / "val" / "frankfurt"
+    images.mkdir(parents=True)
+    labels.mkdir(parents=True)
+    name = "frankfurt_000000_000294"
+    image = np.random.default_rng(0).integers(0, 256, (*label_ids.shape, 3), dtype=np.uint8)
+    Image.fromarray(image).save(images / f"{name}_leftImg8bit.png")
+    Image.fromarray(label_ids).save(labels / f"{name}_gtFine_labelIds.png")
+    Image.fromarray(train_ids).save(labels / f"{name}_gtFine_labelTrainIds.png")
+    return train_ids
+
+
+def test_cityscapes_presets_label_label_ids_and_train_ids_files_alike(tmp_path):
+    # Road (7 -> 0), sidewalk (8 -> 1), car (26 -> 13), bicycle (33 -> 18), terrain (22 -> 9); unlabeled (0),
+    # ego vehicle (1) and 255 are ignored.
+    label_ids = np.array([[7, 7, 8, 26], [0, 1, 33, 22], [7, 26, 255, 8]], np.uint8)
+    expected = make_cityscapes_tree(tmp_path, label_ids)
+    np.testing.assert_array_equal(expected, [[0, 0, 1, 13], [255, 255, 18, 9], [0, 13, 255, 1]])
+    for preset in ("cityscapes", "cityscapes_trainids"):
+        info = prepare(tmp_path, tmp_path / preset, preset=preset, splits=["val"], progress=False)
+        assert info["num_classes"] == 19 and info["class_names"][0] == "road" and info["ignore_label"] == 255
+        (_, labels), = list(eval_dataset(tmp_path / preset, "val"))
+        np.testing.assert_array_equal(labels.numpy()[0], expected, err_msg=preset)
+
+
+@pytest.mark.parametrize("preset, suffix, use", [
+    ("cityscapes", "_gtFine_labelTrainIds.png", "cityscapes_trainids"),
+    ("cityscapes_trainids", "_gtFine_labelIds.png", "cityscapes"),
+])
+def test_cityscapes_preset_refuses_label_files_it_would_mislabel(tmp_path, capsys, preset, suffix, use):
+    make_cityscapes_tree(tmp_path, np.array([[7, 8], [26, 0]], np.uint8))
+    with pytest.raises(ValueError, match=f"would be mislabelled. Use --preset {use} "):
+        prepare(tmp_path, tmp_path / "out", preset=preset, splits=["val"], label_suffix=suffix,
+                progress=False)
+    assert not (tmp_path / "out").exists()
+    args = ["--preset", preset, str(tmp_path), str(tmp_path / "out"), "--splits", "val",
+            "--label-suffix", suffix, "--no-progress"]
+    assert prepare_module.main(args) == 1
+    assert f"preset {preset!r} is for" in capsys.readouterr().err
+    # An explicit remap replaces the preset's, and with it the check: {} keeps the train ids as they are.
+    prepare(tmp_path, tmp_path / "explicit", preset="cityscapes", splits=["val"],
+            label_suffix="_gtFine_labelTrainIds.png", remap={}, progress=False)
+    (_, labels), = list(eval_dataset(tmp_path / "explicit", "val"))
+    np.testing.assert_array_equal(labels.numpy()[0], [[0, 1], [13, 255]])
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+
+
+def test_prepare_twice_writes_byte_identical_shards(camvid_tfrecords, tmp_path):
+    again = tmp_path / "again"
+    assert prepare_module.main(["--preset", "camvid", str(CAMVID), str(again), "--splits", "train", "val",
+                                "--num-shards", "2", "--no-progress"]) == 0
+    names = sorted(p.name for p in camvid_tfrecords.iterdir())
+    assert names == sorted(p.name for p in again.iterdir()) and len(names) == 5  # 2 + 2 shards + info
+    for name in names:
+        assert (again / name).read_bytes() == (camvid_tfrecords / name).read_bytes(), name
+
+
+def test_prepare_cli_shows_a_progress_bar_on_stderr(tmp_path, capsys):
+    args = ["--preset", "camvid", str(CAMVID), str(tmp_path / "out"), "--splits", "val"]
+    assert prepare_module.main(args) == 0
+    captured = capsys.readouterr()
+    n = len(CAMVID_VAL_IDS)
+    assert "prepare val: 100%" in captured.err and f"{n}/{n}" in captured.err
+    assert "prepare val" not in captured.out
+    assert prepare_module.main(["--preset", "camvid", str(CAMVID), str(tmp_path / "quiet"), "--splits", "val",
+                                "--no-progress"]) == 0
+    assert "prepare val" not in capsys.readouterr().err
+
+
+def test_train_dataset_skip_batches_continues_the_same_stream(camvid_tfrecords):
+    def batches(skip_batches, count):
+        ds = train_dataset(camvid_tfrecords, batch_size=3, crop_size=(33, 33), resize=0.25, seed=5,
+                           shuffle_buffer=8, skip_batches=skip_batches)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(count)]
+
+    # 3 batches of 3 from 22 examples: the resumed stream also crosses a pass over the data (reshuffled).
+    whole = batches(0, 10)
+    resumed = batches(7, 3)
+    for (x_whole, y_whole), (x_resumed, y_resumed) in zip(whole[7:], resumed):
+        np.testing.assert_array_equal(x_resumed, x_whole)
+        np.testing.assert_array_equal(y_resumed, y_whole)

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from keras_deeplab.data import prepare as prepare_module
-from keras_deeplab.data.pipeline import load_dataset_info, tfrecord_files
+from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, tfrecord_files
 from keras_deeplab.data.prepare import prepare
-from keras_deeplab.data.readers import DataError
+from keras_deeplab.data.readers import DataError, LabelSpec
 from keras_deeplab.data.tfrecords import write_tfrecords
 
 H, W = 12, 16
@@ -195,3 +195,27 @@ def test_cli_skip_bad(dataset, tmp_path, capsys, caplog):
     assert "skipped 1 bad samples" in capsys.readouterr().out
     assert any(str(bad_path) in record.getMessage() for record in caplog.records)
     assert load_dataset_info(tmp_path / "out")["splits"] == {"train": 3}
+
+
+def test_ignore_label_that_is_a_class_id_is_refused(dataset, tmp_path, capsys):
+    # Class 0 would vanish from the loss and the metrics: refused, naming the field and the remedy.
+    with pytest.raises(ValueError, match=r"ignore_label 0 is also a class id \(classes 0\.\.2\)"):
+        _prepare(dataset, tmp_path / "out", ignore_label=0)
+    with pytest.raises(ValueError, match="ignore_label 2 is also a class id"):
+        LabelSpec(3, 2, {2: 255})  # remapping the raw value does not free the class id after remapping
+    with pytest.raises(ValueError, match="ignore_label 256 must be in 0..255"):
+        LabelSpec(3, 256)
+    args = ["--format", "folder", str(dataset), str(tmp_path / "cli"), "--splits", "train",
+            "--num-classes", "3", "--ignore-label", "1", "--no-progress"]
+    assert prepare_module.main(args) == 1
+    assert "ignore_label 1 is also a class id" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    # To ignore a label-file value, remap it to an ignore value outside the classes, as the CamVid preset does
+    # with void 11 (num_classes 11): here value 2 with 2 classes.
+    assert LabelSpec(11, 255, {11: 255}).ignore_label == 255
+    raw = np.tile(np.array([[0, 1], [2, 2]], np.uint8), (H // 2, W // 2))
+    _write_pair(dataset, "train", "a", label=raw)
+    info = prepare(dataset, tmp_path / "remapped", format="folder", splits=["train"], num_classes=2,
+                   remap={2: 255}, progress=False)
+    assert info["ignore_label"] == 255
+    labels = next(iter(eval_dataset(tmp_path / "remapped", "train")))[1].numpy()[0]
+    np.testing.assert_array_equal(labels, np.where(raw == 2, 255, raw))

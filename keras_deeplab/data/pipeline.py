@@ -72,7 +72,7 @@ def _read_records(files, deterministic, shuffle_files=False, seed=None):
 
 def train_dataset(data_dir, split="train", *, batch_size, crop_size=(513, 513), min_scale=0.5, max_scale=2.0,
                   flip=True, ignore_label=255, shuffle_buffer=256, seed=None, deterministic=False, repeat=True,
-                  resize=None):
+                  resize=None, skip_batches=0):
     """Shuffled, augmented training batches: (images float32 [B, ch, cw, 3] in [0, 255], labels int32 [B, ch, cw])
     with static shapes (the last partial batch is dropped).
 
@@ -80,7 +80,9 @@ def train_dataset(data_dir, split="train", *, batch_size, crop_size=(513, 513), 
     `ignore_label`), random crop to `crop_size`, random left-right flip. `resize` (e.g. 0.5) rescales every example
     first (for small demos). The output is reproducible when `seed` is given or `deterministic` is True
     (seed 0 then): shuffling is seeded, parallel stages keep their order, and each example's augmentation uses a
-    stateless seed derived from (seed, position in the stream).
+    stateless seed derived from (seed, position in the stream). `skip_batches` starts the stream after that
+    many batches, with the examples and augmentation that would have followed them (to resume an interrupted
+    run); the skipped records are read but not decoded.
     """
     info = load_dataset_info(data_dir)
     files = tfrecord_files(data_dir, split)
@@ -109,7 +111,11 @@ def train_dataset(data_dir, split="train", *, batch_size, crop_size=(513, 513), 
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.enumerate().map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    start = int(skip_batches) * batch_size
+    if start:
+        ds = ds.skip(start)
+    ds = ds.enumerate(start=start).map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = deterministic

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from keras_deeplab.data import readers
 from keras_deeplab.data.pipeline import INFO_FILE
-from keras_deeplab.data.presets import PRESETS
+from keras_deeplab.data.presets import PRESETS, check_label_suffix
 from keras_deeplab.data.readers import DataError, LabelSpec
 from keras_deeplab.data.tfrecords import write_tfrecords
 
@@ -73,9 +73,11 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     and returns the info dict.
 
     format: "voc" (VOC2012/VOCdevkit folder), "folder" (image and label folders) or "tfds" (`source` is a
-    TFDS name or builder). `preset` (see presets.PRESETS: voc, camvid, cityscapes, ade20k, voc_segmentation,
+    TFDS name or builder). `preset` (see presets.PRESETS: voc, camvid, cityscapes (`*_gtFine_labelIds.png`,
+    remapped to train ids), cityscapes_trainids (`*_gtFine_labelTrainIds.png`), ade20k, voc_segmentation,
     oxford_iiit_pet, scene_parse150) supplies format, class names, colormap, remap and reader options; explicit arguments
-    override it. `remap` maps label file values to class ids ({11: 255} makes CamVid's void ignored).
+    override it, except that a preset's remap is refused (ValueError) for label files it would mislabel.
+    `remap` maps label file values to class ids ({11: 255} makes CamVid's void ignored).
     `num_shards`: shards per split (default: one per 1000 examples). `skip_bad`: log and skip bad samples
     instead of raising. `overwrite`: replace splits already in `out_dir` (otherwise that is an error; other
     splits of an earlier run of the same dataset are kept). `mean_rgb`: padding colour for training; default: the mean pixel of the train split(s).
@@ -92,6 +94,8 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     reader_options = {**spec_defaults.get("reader", {}), **reader_options}
+    if preset:
+        check_label_suffix(preset, reader_options.get("label_suffix"), remap_overridden=remap is not None)
     class_names = list(class_names or spec_defaults.get("class_names") or [])
     num_classes = int(num_classes or len(class_names))
     if num_classes < 1:
@@ -239,7 +243,7 @@ def main(argv=None):
             ignore_label=args.ignore_label, remap=_parse_remap(args.remap) if args.remap else None,
             colormap=args.colormap, mean_rgb=args.mean_rgb, progress=not args.no_progress, **reader_options,
         )
-    except (DataError, FileExistsError, argparse.ArgumentTypeError) as error:
+    except (ValueError, FileExistsError, argparse.ArgumentTypeError) as error:  # DataError is a ValueError
         print(f"deeplab prepare: error: {error}", file=sys.stderr)
         return 1
     counts = ", ".join(f"{s}: {n}" for s, n in info["splits"].items())

@@ -1,5 +1,9 @@
 """Known datasets: class names, colour map, label remapping and reader defaults, so that
-`deeplab prepare --preset camvid SOURCE OUT` needs no other options."""
+`deeplab prepare --preset camvid SOURCE OUT` needs no other options.
+
+A preset whose remap suits only one kind of label file names, in `wrong_label_files`, a (lower-case) part
+of the names of the files it would mislabel and the preset for those; `check_label_suffix` refuses them.
+"""
 
 from keras_deeplab.viz import class_names
 
@@ -31,6 +35,9 @@ PRESETS = {
         "remap": {11: 255},  # void
         "reader": {"image_dir": "{split}", "label_dir": "{split}annot"},
     },
+    # Cityscapes ships `*_gtFine_labelIds.png` (ids 0..33, remapped here to the 19 train ids); its scripts'
+    # createTrainIdLabelImgs.py writes `*_gtFine_labelTrainIds.png` (train ids already, 255 ignored): one
+    # preset each, and each refuses the other's label files (`wrong_label_files`), which it would mislabel.
     "cityscapes": {
         "format": "folder",
         "name": "cityscapes",
@@ -43,6 +50,21 @@ PRESETS = {
             "image_suffixes": ("_leftImg8bit.png",),
             "label_suffix": "_gtFine_labelIds.png",
         },
+        "wrong_label_files": {"contains": "trainids", "preset": "cityscapes_trainids"},
+    },
+    "cityscapes_trainids": {
+        "format": "folder",
+        "name": "cityscapes",
+        "class_names": CITYSCAPES_CLASSES,
+        "colormap": "cityscapes",
+        "remap": {},
+        "reader": {
+            "image_dir": "leftImg8bit/{split}",
+            "label_dir": "gtFine/{split}",
+            "image_suffixes": ("_leftImg8bit.png",),
+            "label_suffix": "_gtFine_labelTrainIds.png",
+        },
+        "wrong_label_files": {"contains": "labelids", "preset": "cityscapes"},
     },
     "ade20k": {
         "format": "folder",
@@ -77,3 +99,17 @@ PRESETS = {
         "reader": {"image_key": "image", "label_key": "annotation"},
     },
 }
+
+
+def check_label_suffix(preset, label_suffix, remap_overridden):
+    """Raises ValueError when `preset`'s remap would be applied to label files ending in `label_suffix` that
+    it would mislabel (e.g. the Cityscapes labelIds remap on `*_labelTrainIds.png`). An explicit remap
+    replaces the preset's and is not checked."""
+    wrong = PRESETS[preset].get("wrong_label_files")
+    if remap_overridden or not wrong or label_suffix is None or wrong["contains"] not in label_suffix.lower():
+        return
+    raise ValueError(
+        f"preset {preset!r} is for {PRESETS[preset]['reader']['label_suffix']} label files, but the label "
+        f"suffix is {label_suffix!r}: their values would be mislabelled. Use --preset {wrong['preset']} for "
+        "those files (or give an explicit remap)"
+    )

@@ -37,7 +37,13 @@ class Sample:
 @dataclass(frozen=True)
 class LabelSpec:
     """How label files map to training ids: `remap` {file value: class id or ignore}, other values kept as they are;
-    the result must lie in 0..num_classes-1 or be `ignore_label`."""
+    the result must lie in 0..num_classes-1 or be `ignore_label`.
+
+    `ignore_label` is a value of the remapped labels, the value the loss and the metrics skip, so it can
+    never be a class id: that class would silently vanish from training and evaluation. A label-file value
+    to ignore (a class id or any other value) is remapped to the ignore value instead, e.g. CamVid's void 11
+    with {11: 255}.
+    """
 
     num_classes: int
     ignore_label: int = 255
@@ -48,8 +54,16 @@ class LabelSpec:
         for source, target in self.remap:
             if not (0 <= source <= 255 and 0 <= target <= 255):
                 raise ValueError(f"remap {source}->{target}: label values must be in 0..255")
-        if not 0 <= self.ignore_label <= 255 or 0 < self.ignore_label < self.num_classes:
-            raise ValueError(f"ignore_label {self.ignore_label} must be in 0..255 and not a class id")
+        if not 0 <= self.ignore_label <= 255:
+            raise ValueError(f"ignore_label {self.ignore_label} must be in 0..255")
+        if self.ignore_label < self.num_classes:
+            raise ValueError(
+                f"ignore_label {self.ignore_label} is also a class id (classes 0..{self.num_classes - 1}): "
+                f"the pixels of class {self.ignore_label} would be ignored in training and evaluation. "
+                f"ignore_label is a value after remapping; to ignore label-file value {self.ignore_label}, "
+                f"remap it to an ignore value outside the classes, e.g. remap {{{self.ignore_label}: 255}} "
+                f"(--remap {self.ignore_label}:255) with ignore_label 255"
+            )
 
     def lookup_table(self):
         table = np.arange(256, dtype=np.uint8)
