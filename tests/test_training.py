@@ -3,6 +3,7 @@ weight decay, frozen BN, configs, strategy choice, the NaN stop, CSV/backup book
 inference and the evaluation report / CLI on a tiny synthetic dataset."""
 import inspect
 import json
+import re
 from pathlib import Path
 
 import keras
@@ -16,6 +17,7 @@ from keras_deeplab.data.pipeline import eval_dataset
 from keras_deeplab.training import callbacks as cb
 from keras_deeplab.training import evaluate as ev
 from keras_deeplab.training import multi_worker, recipe, strategy
+from keras_deeplab.training import train as train_module
 from keras_deeplab.training.train import DEFAULTS, build_model, load_config, parse_override, resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
@@ -231,17 +233,102 @@ def test_nan_loss_stops_training_with_a_clear_error(tmp_path):
 def test_resumed_run_trims_the_csv_log_and_keeps_the_best_value(tmp_path):
     backup = tmp_path / cb.BACKUP_DIR
     backup.mkdir()
-    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    (backup / cb.BACKUP_METADATA).write_text(json.dumps({"epoch": 2, "batch": 1, "step": 9, "weights": "w"}))
     csv_path = tmp_path / cb.CSV_FILE
     csv_path.write_text("epoch,loss,val_mean_iou\n0,1.0,0.3\n1,0.8,0.5\n2,0.7,0.4\n")
-    callbacks = cb.training_callbacks(str(tmp_path))
+    callbacks = cb.training_callbacks(str(tmp_path), steps_per_epoch=4)
     assert [row["epoch"] for row in cb.read_csv_log(csv_path)] == [0, 1]  # epoch 2 ran past the backup
+    assert cb.backed_up_step(str(backup)) == 9
     checkpoint = next(c for c in callbacks if isinstance(c, keras.callbacks.ModelCheckpoint))
     assert checkpoint.best == pytest.approx(0.5)
     kinds = [type(c) for c in callbacks]
-    assert kinds[-1] is keras.callbacks.BackupAndRestore  # backs up only after logging and checkpointing
+    assert kinds[-1] is cb.StepBackupAndRestore  # backs up only after logging and checkpointing
+    assert issubclass(cb.StepBackupAndRestore, keras.callbacks.BackupAndRestore)
     assert kinds.index(cb.StepLogger) < kinds.index(keras.callbacks.CSVLogger)
     assert next(c for c in callbacks if isinstance(c, keras.callbacks.CSVLogger)).append
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("every_steps, crash_after, resume_step", [(3, 7, 6), (None, 7, 4), (2, 4, 2)])
+def test_backup_resumes_at_the_backed_up_step_with_nothing_lost_or_repeated(tmp_path, every_steps,
+                                                                            crash_after, resume_step):
+    """A run interrupted after `crash_after` of 12 steps (3 epochs of 4) and restarted ends with the weights
+    and optimizer state of an uninterrupted run: it resumes at the last backup (mid-epoch: only that epoch's
+    remaining batches), reads the data stream on from there, and takes 12 steps in all. (2, 4, 2): the backup
+    at an epoch's last step waits for the end of the epoch, so a crash before that resumes at step 2."""
+    steps_per_epoch, epochs = 4, 3
+    x = RNG.normal(size=(24, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+
+    def stream(skip_batches=0):  # the batches a run reads, from `skip_batches` on
+        return tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat().skip(skip_batches)
+
+    def new_model():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return model
+
+    def fit(model, data, *callbacks):
+        model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0,
+                  callbacks=list(callbacks))
+
+    reference = new_model()
+    fit(reference, stream())
+
+    def crash(batch, logs):
+        if int(interrupted.optimizer.iterations.numpy()) == crash_after:
+            raise Interrupt
+
+    backup = tmp_path / "backup"
+    interrupted = new_model()
+    with pytest.raises(Interrupt):
+        fit(interrupted, stream(), cb.StepBackupAndRestore(str(backup), steps_per_epoch, every_steps),
+            keras.callbacks.LambdaCallback(on_train_batch_end=crash))
+    epoch, batch = divmod(resume_step, steps_per_epoch)
+    metadata = cb.read_backup(str(backup))
+    assert (metadata["epoch"], metadata["batch"], metadata["step"]) == (epoch, batch, resume_step)
+    assert len(list(backup.glob("*.weights.h5"))) == 1
+
+    seen = []
+    resumed = new_model()
+    recorder = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: seen.append([e, 0]),
+        on_train_batch_end=lambda b, logs: seen[-1].__setitem__(1, b + 1))
+    fit(resumed, stream(cb.backed_up_step(str(backup))),
+        cb.StepBackupAndRestore(str(backup), steps_per_epoch, every_steps), recorder)
+    # The interrupted epoch runs its remaining batches only; no epoch runs twice.
+    whole_epochs = [[e, steps_per_epoch] for e in range(epoch + 1, epochs)]
+    assert seen == [[epoch, steps_per_epoch - batch]] + whole_epochs
+    assert int(resumed.optimizer.iterations.numpy()) == steps_per_epoch * epochs
+    for got, want in zip(resumed.weights + resumed.optimizer.variables,
+                         reference.weights + reference.optimizer.variables):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-7, err_msg=got.path)
+    assert not backup.exists()
+
+
+def test_backup_every_steps_is_checked():
+    assert load_config(overrides=["train.backup_every_steps=null"])["train"]["backup_every_steps"] is None
+    for bad in ("0", "true", "2.5"):
+        with pytest.raises(ValueError, match="train.backup_every_steps must be a positive integer or null"):
+            load_config(overrides=[f"train.backup_every_steps={bad}"])
+
+
+def test_fit_shows_a_progress_bar_at_verbose_1(synthetic_dir, tmp_path, monkeypatch, capsys):
+    # The 1x1-conv colour model stands in for DeepLabV3 (tracing one costs ~25 s); train() and fit are real.
+    monkeypatch.setattr(train_module, "build_model", lambda *args: colour_oracle())
+    config = {"data": {"crop_size": [33, 33]}, "eval": {"split": None},
+              "train": {"batch_size": 2, "steps": 4, "steps_per_epoch": 2, "tensorboard": False, "seed": 0}}
+    train_module.train(config, synthetic_dir, tmp_path / "loud", verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/2" in out and "Epoch 2/2" in out
+    assert re.search(r"1/2\S* \S*━+", out) and re.search(r"2/2\S* \S*━+", out)  # bars at steps 1 and 2
+    train_module.train(config, synthetic_dir, tmp_path / "quiet", verbose=0)
+    assert "━" not in capsys.readouterr().out
 
 
 # ---- evaluation
@@ -310,6 +397,10 @@ def test_evaluate_cli_prints_and_writes_json(synthetic_dir, tmp_path, capsys):
     assert report["mean_iou"] > 0.9
     assert ev.main(["--model", str(path), "--data_dir", str(synthetic_dir), "--no_progress"]) == 0
     assert (tmp_path / "eval_val.json").exists()  # default: beside the model
+    assert "evaluate val" not in capsys.readouterr().err
+    assert ev.main(["--model", str(path), "--data_dir", str(synthetic_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "evaluate val: 100%" in err and "4/4" in err
     with pytest.raises(FileNotFoundError, match="no saved model"):
         ev.load_model(str(tmp_path / "missing"))
 

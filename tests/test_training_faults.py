@@ -1,5 +1,6 @@
-"""Fault tolerance of `deeplab train` in subprocesses: a run killed with SIGKILL resumes from its last
-backed-up epoch with nothing lost or repeated; a diverging run stops with a clear message and exit code 3."""
+"""Fault tolerance of `deeplab train` in subprocesses: a run killed with SIGKILL in the middle of an epoch
+resumes at its last backed-up step with nothing lost or repeated; a diverging run stops with a clear message
+and exit code 3."""
 import os
 import re
 import signal
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from helpers.training_data import TINY_CONFIG, run, subprocess_env, train_command, write_synthetic_dataset
-from keras_deeplab.training.callbacks import BACKUP_DIR, CSV_FILE, MODEL_FILE, backed_up_epoch, read_csv_log
+from keras_deeplab.training.callbacks import BACKUP_DIR, CSV_FILE, MODEL_FILE, backed_up_step, read_csv_log
 from keras_deeplab.training.train import EXIT_DIVERGED
 
 pytestmark = pytest.mark.slow
@@ -22,35 +23,40 @@ def synthetic_dir(tmp_path_factory):
     return path
 
 
-def test_killed_run_resumes_from_the_last_epoch_without_repeating(synthetic_dir, tmp_path):
-    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps": 10, "steps_per_epoch": 2}}  # 5 epochs
+def test_killed_run_resumes_at_the_backed_up_step_without_losing_or_repeating_any(synthetic_dir, tmp_path):
+    # 3 epochs of 4 steps, backed up after every step; killed in the middle of the second epoch.
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps": 12, "steps_per_epoch": 4,
+                                       "backup_every_steps": 1}}
     command = train_command(synthetic_dir, tmp_path, config)
     backup = tmp_path / BACKUP_DIR
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=subprocess_env())
     try:
         deadline = time.monotonic() + 400
-        while (backed_up_epoch(backup) or 0) < 2:  # two epochs done and backed up
+        while backed_up_step(backup) < 5:  # epoch 1 logged and backed up, then one step of epoch 2
             assert first.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "no backup of epoch 2 within 400 s"
-            time.sleep(0.1)
+            assert time.monotonic() < deadline, "no backup of step 5 within 400 s"
+            time.sleep(0.01)
         first.send_signal(signal.SIGKILL)
     finally:
         first.kill()
         first.wait()
-    resume_epoch = backed_up_epoch(backup)
-    assert resume_epoch in (2, 3)
-    logged_before = read_csv_log(tmp_path / CSV_FILE)[:resume_epoch]
+    resume_step = backed_up_step(backup)
+    assert 5 <= resume_step <= 7, resume_step  # a step takes far longer than the poll: killed before step 8
+    logged_before = read_csv_log(tmp_path / CSV_FILE)[:1]
 
     second = run(command, timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
-    epochs_run = [int(n) for n in re.findall(r"^Epoch (\d+)/5", second.stdout, re.M)]
-    assert epochs_run == list(range(resume_epoch + 1, 6))  # continues, repeats no finished epoch
+    assert f"resuming from the backup at step {resume_step} of 12 (epoch 2, batch {resume_step - 3} next)" \
+        in second.stdout
+    epochs_run = [int(n) for n in re.findall(r"^Epoch (\d+)/3", second.stdout, re.M)]
+    assert epochs_run == [2, 3]  # continues in epoch 2, repeats no finished epoch
     rows = read_csv_log(tmp_path / CSV_FILE)
-    assert [row["epoch"] for row in rows] == [0, 1, 2, 3, 4]
-    # The optimizer's step counter came back with the weights: the global steps continue to exactly 10.
-    assert [row["step"] for row in rows] == [2, 4, 6, 8, 10]
-    assert rows[:resume_epoch] == logged_before
+    assert [row["epoch"] for row in rows] == [0, 1, 2]
+    # The optimizer's step counter came back with the weights and the interrupted epoch ran only its remaining
+    # steps: the global steps continue to exactly 12.
+    assert [row["step"] for row in rows] == [4, 8, 12]
+    assert rows[:1] == logged_before
     assert rows[-1]["learning_rate"] == 0.0  # the poly schedule ended where planned
     assert not backup.exists() and (tmp_path / MODEL_FILE).exists()
 

@@ -2,10 +2,11 @@
 and a clear stop when the loss diverges.
 
 Files under the run directory: `model.keras` (best by `val_mean_iou`), `log.csv` (one row per epoch, with the
-global `step` and `learning_rate`), `logs/` (TensorBoard) and `backup/` (BackupAndRestore's state while a run
-is unfinished; deleted at the end).
+global `step` and `learning_rate`), `logs/` (TensorBoard) and `backup/` (the weights, optimizer state and step
+of the last backup while a run is unfinished; deleted at the end).
 """
 import csv
+import glob
 import json
 import math
 import os
@@ -16,6 +17,7 @@ MODEL_FILE = "model.keras"
 CSV_FILE = "log.csv"
 TENSORBOARD_DIR = "logs"
 BACKUP_DIR = "backup"
+BACKUP_METADATA = "training_metadata.json"  # the name Keras' BackupAndRestore uses
 
 
 class TrainingDivergedError(RuntimeError):
@@ -40,7 +42,7 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
             return
         step = int(self.model.optimizer.iterations.numpy())
         learning_rate = float(self.model.optimizer.learning_rate)
-        kept = f" The last epoch backup is kept in {self.backup_dir}." if self.backup_dir else ""
+        kept = f" The last backup is kept in {self.backup_dir}." if self.backup_dir else ""
         raise TrainingDivergedError(
             f"Training diverged: the loss is {float(loss)} at step {step} (epoch {self.epoch + 1}, batch "
             f"{batch + 1}, learning rate {learning_rate:.4g}). Lower train.learning_rate or check the data "
@@ -66,13 +68,104 @@ def read_csv_log(path):
                 for row in csv.DictReader(f)]
 
 
-def backed_up_epoch(backup_dir):
-    """The epoch an interrupted run will resume from, or None when `backup_dir` holds no backup."""
-    path = os.path.join(backup_dir, "training_metadata.json")
+def read_backup(backup_dir):
+    """The metadata of the last backup in `backup_dir` ({"epoch", "batch", "step", "weights"}: the epoch and
+    batch within it to resume at, the global step and the weights file), or None when there is no backup."""
+    path = os.path.join(backup_dir, BACKUP_METADATA)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return int(json.load(f)["epoch"])
+        return json.load(f)
+
+
+def backed_up_epoch(backup_dir):
+    """The epoch an interrupted run will resume in, or None when `backup_dir` holds no backup."""
+    metadata = read_backup(backup_dir)
+    return None if metadata is None else int(metadata["epoch"])
+
+
+def backed_up_step(backup_dir):
+    """The global step an interrupted run will resume at (0 when `backup_dir` holds no backup)."""
+    metadata = read_backup(backup_dir)
+    return 0 if metadata is None else int(metadata["step"])
+
+
+class StepBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` that also backs up within epochs and resumes at the backed-up step.
+
+    Backs up the weights and optimizer state (with its step counter) at the end of every epoch, after the
+    callbacks before it have logged and checkpointed it, and whenever the global step passes a multiple of
+    `every_steps` within an epoch, so a killed run recomputes at most `every_steps` steps (None: epoch ends
+    only). A restarted `fit` resumes at the backed-up step: the epoch it was in runs only its remaining
+    batches (its logged metrics average those), later epochs are whole, and the total number of steps is the
+    planned one. The data stream must continue at that step too (`backed_up_step`: the batches to skip).
+
+    Keras 3.15's own class with an integer `save_freq` records the epoch wrongly after a resume and restarts
+    the interrupted epoch at its first batch (repeating steps); this class derives epoch and batch from the
+    restored step counter instead. Each backup is written to a new weights file, and the metadata naming it is
+    replaced atomically, so a kill while writing leaves the previous backup usable.
+    """
+
+    def __init__(self, backup_dir, steps_per_epoch, every_steps=None):
+        super().__init__(backup_dir, save_freq="epoch")
+        if every_steps is not None and (not isinstance(every_steps, int) or every_steps < 1):
+            raise ValueError(f"every_steps must be a positive integer or None, got {every_steps!r}")
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.every_steps = every_steps
+        self._epoch = 0
+        self._resume_batch = 0  # batches of the interrupted epoch done before the restart
+        self._last_step = 0
+        self._ended_epoch_early = False
+
+    def _load_model(self):
+        metadata = read_backup(self.backup_dir)
+        if metadata is None:
+            return
+        if not self.model.built:
+            raise ValueError("StepBackupAndRestore: the model must be built before `fit()`")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
+        self._last_step = int(self.model.optimizer.iterations.numpy())
+        self.model._initial_epoch, self._resume_batch = divmod(self._last_step, self.steps_per_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        done = self._resume_batch + batch + 1  # batches of this epoch
+        step = self._epoch * self.steps_per_epoch + done
+        if self._resume_batch and done >= self.steps_per_epoch:
+            self.model.stop_training = True  # the resumed epoch is complete; undone in on_epoch_end
+            self._ended_epoch_early = True
+        # A backup at an epoch's last step waits for on_epoch_end, after validation and logging.
+        if self.every_steps and step // self.every_steps > self._last_step // self.every_steps \
+                and done < self.steps_per_epoch:
+            self._save_model()
+        self._last_step = step
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._ended_epoch_early:
+            self.model.stop_training = False
+            self._ended_epoch_early = False
+        self._resume_batch = 0
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        step = int(self.model.optimizer.iterations.numpy())
+        os.makedirs(self.backup_dir, exist_ok=True)
+        weights = f"step{step:09d}.weights.h5"
+        partial = os.path.join(self.backup_dir, "partial.weights.h5")
+        self.model.save_weights(partial, overwrite=True)
+        os.replace(partial, os.path.join(self.backup_dir, weights))
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        metadata = os.path.join(self.backup_dir, BACKUP_METADATA)
+        with open(metadata + ".tmp", "w") as f:
+            json.dump({"epoch": epoch, "batch": batch, "step": step, "weights": weights}, f)
+        os.replace(metadata + ".tmp", metadata)
+        for old in glob.glob(os.path.join(self.backup_dir, "step*.weights.h5")):
+            if os.path.basename(old) != weights:
+                os.remove(old)
 
 
 def trim_csv_log(path, epoch):
@@ -88,11 +181,13 @@ def trim_csv_log(path, epoch):
         csv.writer(f).writerows(kept)
 
 
-def training_callbacks(run_dir, *, validate=True, tensorboard=True, monitor="val_mean_iou"):
+def training_callbacks(run_dir, *, steps_per_epoch, backup_every_steps=None, validate=True, tensorboard=True,
+                       monitor="val_mean_iou"):
     """The callbacks of a (possibly resumed) run writing to `run_dir`, in the order they must run.
 
-    A backup in `run_dir/backup` means an interrupted run: training resumes from its last finished epoch,
-    the CSV log is continued (trimmed to that epoch) and the best checkpoint keeps its earlier best value.
+    A backup in `run_dir/backup` means an interrupted run: training resumes at its step (see
+    StepBackupAndRestore), the CSV log is continued (trimmed to the epoch it resumes in) and the best
+    checkpoint keeps its earlier best value.
     """
     backup_dir = os.path.join(run_dir, BACKUP_DIR)
     csv_path = os.path.join(run_dir, CSV_FILE)
@@ -110,5 +205,5 @@ def training_callbacks(run_dir, *, validate=True, tensorboard=True, monitor="val
             os.path.join(run_dir, MODEL_FILE), monitor=monitor, mode="max", save_best_only=True,
             initial_value_threshold=max(earlier) if earlier else None))
     # Last, so that an epoch is backed up only after it is logged and checkpointed.
-    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
+    callbacks.append(StepBackupAndRestore(backup_dir, steps_per_epoch, backup_every_steps))
     return callbacks

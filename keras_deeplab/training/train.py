@@ -8,7 +8,8 @@ A config has five sections (see DEFAULTS, the paper's PASCAL VOC setting); a con
 config (path relative to it) whose values it overrides. Batch size, learning rate and steps are global (the
 strategy splits each batch across replicas). `<model_dir>` receives model.keras (best by val mIoU, or the
 final model without validation), log.csv, TensorBoard logs/, config.yaml, and backup/ while unfinished: run
-the same command again after a crash to resume from the last finished epoch.
+the same command again after a crash to resume at the last backup (the end of an epoch, or every
+train.backup_every_steps steps within one), with the same total number of steps.
 """
 import argparse
 import copy
@@ -24,7 +25,8 @@ import tensorflow as tf
 from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, tfrecord_files, train_dataset
 from keras_deeplab.model import DeepLabV3
 from keras_deeplab.training import multi_worker
-from keras_deeplab.training.callbacks import MODEL_FILE, TrainingDivergedError, training_callbacks
+from keras_deeplab.training.callbacks import (BACKUP_DIR, MODEL_FILE, TrainingDivergedError, backed_up_step,
+                                              training_callbacks)
 from keras_deeplab.training.evaluate import load_model
 from keras_deeplab.training.recipe import compile_model, freeze_batch_norm
 from keras_deeplab.training.strategy import describe, get_strategy
@@ -40,11 +42,12 @@ DEFAULTS = {
     # Training input (keras_deeplab.data.pipeline.train_dataset); resize rescales every image first.
     "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0,
              "flip": True, "resize": None, "shuffle_buffer": 256},
-    # Global batch size and steps; poly learning rate lr * (1 - step / steps) ** lr_power.
+    # Global batch size and steps; poly learning rate lr * (1 - step / steps) ** lr_power. backup_every_steps:
+    # also back up within epochs at multiples of this step (null: at epoch ends only).
     "train": {"batch_size": 16, "steps": 30000, "steps_per_epoch": 1000, "learning_rate": 0.007,
               "lr_power": 0.9, "end_learning_rate": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
               "freeze_bn": False, "init_checkpoint": None, "mixed_precision": None, "jit_compile": "auto",
-              "seed": None, "tensorboard": True},
+              "seed": None, "tensorboard": True, "backup_every_steps": 100},
     # Validation after every epoch (single scale, whole images); split null trains without validation.
     "eval": {"split": "val", "max_images": None},
     # strategy: auto | default | mirrored | multi_worker | tpu; logical_cpus splits the CPU (for tests).
@@ -107,6 +110,9 @@ def check_config(config):
     for key in ("batch_size", "steps", "steps_per_epoch"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    every = train["backup_every_steps"]
+    if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+        raise ValueError(f"train.backup_every_steps must be a positive integer or null, got {every!r}")
     if train["steps"] % min(train["steps_per_epoch"], train["steps"]):
         raise ValueError(f"train.steps ({train['steps']}) must be a multiple of train.steps_per_epoch "
                          f"({train['steps_per_epoch']})")
@@ -165,15 +171,15 @@ def shard_by_worker(dataset, num_files, strategy):
     return dataset.with_options(options)
 
 
-def make_datasets(config, data_dir, info, strategy):
-    """The training dataset (global batches, repeated) and the validation dataset (one whole image per
-    replica, or None without eval.split) of a config."""
+def make_datasets(config, data_dir, info, strategy, skip_batches=0):
+    """The training dataset (global batches, repeated, after the first `skip_batches`) and the validation
+    dataset (one whole image per replica, or None without eval.split) of a config."""
     data_cfg, eval_cfg = config["data"], config["eval"]
     train_data = train_dataset(
         data_dir, data_cfg["train_split"], batch_size=config["train"]["batch_size"],
         crop_size=data_cfg["crop_size"], min_scale=data_cfg["min_scale"], max_scale=data_cfg["max_scale"],
         flip=data_cfg["flip"], ignore_label=info["ignore_label"], shuffle_buffer=data_cfg["shuffle_buffer"],
-        seed=config["train"]["seed"], resize=data_cfg["resize"])
+        seed=config["train"]["seed"], resize=data_cfg["resize"], skip_batches=skip_batches)
     train_data = shard_by_worker(train_data, len(tfrecord_files(data_dir, data_cfg["train_split"])), strategy)
     if eval_cfg["split"] is None:
         return train_data, None
@@ -231,9 +237,21 @@ def train(config, data_dir, model_dir, *, verbose=1):
                       jit_compile=train_cfg["jit_compile"])
     multi_worker.patch_model(model, strategy)
 
-    train_data, val_data = make_datasets(config, data_dir, info, strategy)
     steps_per_epoch = min(train_cfg["steps_per_epoch"], train_cfg["steps"])
-    callbacks = training_callbacks(run_dir, validate=validate, tensorboard=train_cfg["tensorboard"])
+    resume_step = backed_up_step(os.path.join(run_dir, BACKUP_DIR))
+    # A seeded stream continues at the batch the backed-up run would have read next (the examples are the same
+    # on every run); an unseeded one is random anyway. Multi-worker input is split after this point, so there
+    # each run reads from the start of its stream.
+    seeded = train_cfg["seed"] is not None
+    skip_batches = resume_step if seeded and not multi_worker.is_multi_worker(strategy) else 0
+    if verbose and resume_step:
+        epoch, batch = divmod(resume_step, steps_per_epoch)
+        print(f"deeplab train: resuming from the backup at step {resume_step} of {train_cfg['steps']} "
+              f"(epoch {epoch + 1}, batch {batch + 1} next)")
+    train_data, val_data = make_datasets(config, data_dir, info, strategy, skip_batches)
+    callbacks = training_callbacks(run_dir, steps_per_epoch=steps_per_epoch,
+                                   backup_every_steps=train_cfg["backup_every_steps"], validate=validate,
+                                   tensorboard=train_cfg["tensorboard"])
     history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch,
                         steps_per_epoch=steps_per_epoch, validation_data=val_data, shuffle=False,
                         verbose=verbose, callbacks=callbacks)
