@@ -272,7 +272,7 @@ def next_version(base_dir):
 
 def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *, overwrite=False,
                        max_long_side=None, model_name=None, check_images=None, warmup_images=None,
-                       class_names=None, colormap=None):
+                       class_names=None, colormap=None, fold_batch_norm=True):
     """Exports `model` as version `version` (next integer when None) of `base_dir` and checks it.
 
     Args:
@@ -288,6 +288,8 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
         warmup_images: images for the warmup requests; default: the first of those.
         class_names, colormap: written into the export's info file (`assets.extra/keras_deeplab_export.json`)
             for tools that draw the label maps (`deeplab predict`); one name per class.
+        fold_batch_norm: serve an inference copy with BatchNorm folded into the convolutions
+            (`keras_deeplab.fold`; faster, same labels: the checks compare it with `model` itself).
 
     Returns:
         The Path of the written version folder.
@@ -312,13 +314,20 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=base_dir))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the version from a server running as another user
     try:
-        archive, num_classes = build_export_archive(model, max_long_side)
+        if fold_batch_norm:
+            from keras_deeplab.fold import fold_batch_norm as folded_copy
+
+            served = folded_copy(model)
+        else:
+            served = model
+        archive, num_classes = build_export_archive(served, max_long_side)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, the model has {num_classes} classes")
         archive.write_out(str(staging), verbose=False)
         write_warmup_requests(staging, default_check_images()[:1] if warmup_images is None else warmup_images,
                               model_name)
         info = {"num_classes": num_classes, "max_long_side": max_long_side, "pad_label": PAD_LABEL,
+                "batch_norm_folded": bool(fold_batch_norm),
                 "class_names": None if class_names is None else [str(n) for n in class_names],
                 "colormap": colormap,
                 "signatures": {name: {"inputs": inputs, "outputs": outputs}
@@ -622,6 +631,8 @@ def _export_parser():
     parser.add_argument("--class_names", nargs="+", metavar="NAME",
                         help="one name per class, stored in the export's info file for deeplab predict")
     parser.add_argument("--colormap", help="palette name stored in the export's info file for deeplab predict")
+    parser.add_argument("--no_fold_batch_norm", dest="fold_batch_norm", action="store_false",
+                        help="export the model as it is, without folding BatchNorm into the convolutions")
     parser.add_argument("--models_config", metavar="FILE",
                         help="also add/replace this model in a TF Serving models.config file")
     parser.add_argument("--config_base_path",
@@ -662,7 +673,8 @@ def main(argv=None):
         path = export_saved_model(model, args.base_dir, args.version, overwrite=args.overwrite,
                                   max_long_side=args.max_long_side, model_name=args.model_name,
                                   check_images=args.check_images, warmup_images=args.warmup_images,
-                                  class_names=args.class_names, colormap=args.colormap)
+                                  class_names=args.class_names, colormap=args.colormap,
+                                  fold_batch_norm=args.fold_batch_norm)
     except (FileExistsError, ExportCheckError, ValueError) as error:
         print(f"deeplab export: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -83,17 +83,47 @@ class ResizeLike(keras.layers.Layer):
         return (images[0], reference[1], reference[2], images[3])
 
 
+def _tap_offsets(kernel_size, rate, size):
+    """(index, shift) of each kernel tap along one axis; shifts of the map's size or more read padding only and
+    are skipped where the size is static (the paper's Figure 4)."""
+    offsets = [(i, (i - kernel_size // 2) * rate) for i in range(kernel_size)]
+    return [(i, d) for i, d in offsets if size is None or abs(d) < size]
+
+
+def _inside(size, static_size, shift):
+    """(start, stop) of the input positions p + shift, p in [0, size), that stay inside [0, size)."""
+    if static_size is not None:
+        return max(0, shift), static_size + min(0, shift)
+    return max(0, shift), ops.maximum(size + min(0, shift), 0)
+
+
+def _shift_back(x, axis, shift, static_size, size):
+    """Pads `x`, the in-map part of a map shifted by `shift` along `axis`, back to full size with zeros; with a
+    dynamic size, crops afterwards (the padding overshoots when |shift| >= size)."""
+    paddings = [[0, 0]] * 4
+    paddings[axis] = [max(0, -shift), max(0, shift)]
+    padded = ops.pad(x, paddings)
+    if static_size is not None:
+        return padded
+    return ops.slice(padded, [0] * 4, [size if a == axis else ops.shape(padded)[a] for a in range(4)])
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AtrousConv2D(keras.layers.Conv2D):
-    """A stride-1, 'same'-padded convolution with atrous (dilation) rate, computed as a sum of shifted matmuls.
+    """A stride-1, 'same'-padded convolution with atrous (dilation) rate, computed as shifted matmuls.
 
-    TF's CPU gradient of dilated convolutions (SpaceToBatchND) is very slow at large rates. Here each of the
-    k*k taps is a 1x1 convolution (a matmul) of the zero-padded input shifted by (i*rate, j*rate), summed.
-    Taps whose shift is at least the feature size see only padding and are skipped (paper, Figure 4), so
-    the result is exact. The kernel is the same variable as `Conv2D`'s, so weights are interchangeable.
+    TF's CPU gradient of dilated convolutions (SpaceToBatchND) is very slow at large rates. Here each kernel row
+    is one GEMM of the input rows that land inside the output (no padded copy of the input) with that row's taps
+    side by side; the products are shifted into place by their column offsets and summed. Work that would only
+    meet zero padding is skipped: rows and columns outside the map, and whole taps whose shift is at least the
+    feature size (paper, Figure 4). The result is exact, and the kernel is the same variable as `Conv2D`'s, so
+    weights are interchangeable. Measured in `benchmarks/` (README there).
 
     `implementation`: "shifted" (above), "native" (`Conv2D`'s own kernel), or "auto" (shifted when rate > 1).
     """
+
+    # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|).
+    COLUMN_TRIM_RATIO = 32
 
     def __init__(self, filters, kernel_size=3, dilation_rate=1, implementation="auto", **kwargs):
         kwargs.pop("padding", None)
@@ -115,30 +145,38 @@ class AtrousConv2D(keras.layers.Conv2D):
             return super().call(inputs)
         kh, kw = self.kernel_size
         rh, rw = self.dilation_rate
-        height, width = inputs.shape[1], inputs.shape[2]
-
-        def kept_offsets(k, rate, size):
-            offsets = [(i, (i - k // 2) * rate) for i in range(k)]
-            # A shift of the map's size or more reads padding only; skip it (needs the static size).
-            return [(i, d) for i, d in offsets if size is None or abs(d) < size]
-
-        rows = kept_offsets(kh, rh, height)
-        cols = kept_offsets(kw, rw, width)
-        pad_h = max(abs(d) for _, d in rows)
-        pad_w = max(abs(d) for _, d in cols)
-        kernel = self.kernel
-        padded = ops.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]]) if pad_h or pad_w else inputs
-        dyn_h, dyn_w = spatial_size(inputs)
+        static_h, static_w = inputs.shape[1], inputs.shape[2]
+        height, width = spatial_size(inputs)
+        cols = _tap_offsets(kw, rw, static_w)
+        # A tap with a large column shift gets its own GEMM on the input columns that land inside the output,
+        # where the FLOPs saved outweigh copying those columns; the others share their kernel row's GEMM.
+        trimmed = [(j, dx) for j, dx in cols if static_w is not None and dx
+                   and abs(dx) * self.filters >= self.COLUMN_TRIM_RATIO * (static_w - abs(dx))]
+        grouped = [tap for tap in cols if tap not in trimmed]
         outputs = None
-        for i, dy in rows:
-            for j, dx in cols:
-                if dy == 0 and dx == 0:
-                    window = inputs
-                else:
-                    window = ops.slice(padded, [0, pad_h + dy, pad_w + dx, 0],
-                                       [ops.shape(inputs)[0], dyn_h, dyn_w, ops.shape(inputs)[3]])
-                term = ops.matmul(window, kernel[i, j])
-                outputs = term if outputs is None else outputs + term
+        for i, dy in _tap_offsets(kh, rh, static_h):
+            # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
+            start, stop = _inside(height, static_h, dy)
+            block = inputs if dy == 0 else inputs[:, start:stop]
+            row_sum = None
+            if grouped:
+                kernel = ops.concatenate([self.kernel[i, j] for j, _ in grouped], axis=-1)
+                products = ops.matmul(block, kernel)
+                # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
+                parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
+                for part, (_, dx) in zip(parts, grouped):
+                    if dx:
+                        start, stop = _inside(width, static_w, dx)
+                        part = _shift_back(part[:, :, start:stop], 2, dx, static_w, width)
+                    row_sum = part if row_sum is None else row_sum + part
+            for j, dx in trimmed:
+                start, stop = _inside(width, static_w, dx)
+                part = ops.matmul(block[:, :, start:stop], self.kernel[i, j])
+                part = _shift_back(part, 2, dx, static_w, width)
+                row_sum = part if row_sum is None else row_sum + part
+            if dy:
+                row_sum = _shift_back(row_sum, 1, dy, static_h, height)
+            outputs = row_sum if outputs is None else outputs + row_sum
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:
@@ -154,9 +192,10 @@ class AtrousConv2D(keras.layers.Conv2D):
 
 
 def _conv_bn(filters, kernel_size, rate, name, *, dtype, bn_kwargs, implementation):
-    conv = AtrousConv2D(filters, kernel_size, dilation_rate=rate, use_bias=False, name=f"{name}_conv",
+    """A conv and its BatchNorm; with `bn_kwargs=None` (BN folded away) a biased conv and None."""
+    conv = AtrousConv2D(filters, kernel_size, dilation_rate=rate, use_bias=bn_kwargs is None, name=f"{name}_conv",
                         implementation=implementation, dtype=dtype)
-    bn = keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, **bn_kwargs)
+    bn = None if bn_kwargs is None else keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, **bn_kwargs)
     return conv, bn
 
 
@@ -170,11 +209,13 @@ class ASPP(keras.layers.Layer):
     optional dropout. Works on any (dynamic) feature size.
 
     Sublayers, in branch order: `branch_convs`/`branch_bns` (1x1, then one per rate, then pooling if any),
-    `project_conv`/`project_bn`.
+    `project_conv`/`project_bn`. `batch_norm=False` is the inference form with BatchNorm folded into biased
+    convolutions (`keras_deeplab.fold`): no BN sublayers (`branch_bns` holds None).
     """
 
     def __init__(self, filters=256, atrous_rates=(6, 12, 18), image_pooling=True, dropout=0.0,
-                 bn_momentum=0.9997, bn_epsilon=1e-5, synchronized_bn=False, implementation="auto", **kwargs):
+                 bn_momentum=0.9997, bn_epsilon=1e-5, synchronized_bn=False, implementation="auto",
+                 batch_norm=True, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.atrous_rates = tuple(int(r) for r in atrous_rates)
@@ -184,7 +225,9 @@ class ASPP(keras.layers.Layer):
         self.bn_epsilon = float(bn_epsilon)
         self.synchronized_bn = bool(synchronized_bn)
         self.implementation = implementation
+        self.batch_norm = bool(batch_norm)
         bn_kwargs = {"momentum": self.bn_momentum, "epsilon": self.bn_epsilon, "synchronized": self.synchronized_bn}
+        bn_kwargs = bn_kwargs if self.batch_norm else None
         args = {"dtype": self.dtype_policy, "bn_kwargs": bn_kwargs, "implementation": implementation}
         specs = [(1, 1, "aspp_1x1")] + [(3, r, f"aspp_rate{r}") for r in self.atrous_rates]
         if self.image_pooling:
@@ -201,22 +244,27 @@ class ASPP(keras.layers.Layer):
         for index, (conv, bn) in enumerate(zip(self.branch_convs, self.branch_bns)):
             pooled = self.image_pooling and index == len(self.branch_convs) - 1
             conv.build((input_shape[0], 1, 1, input_shape[-1]) if pooled else input_shape)
-            bn.build((input_shape[0], 1, 1, self.filters) if pooled else branch_shape)
+            if bn is not None:
+                bn.build((input_shape[0], 1, 1, self.filters) if pooled else branch_shape)
         self.project_conv.build(input_shape[:-1] + (self.filters * len(self.branch_convs),))
-        self.project_bn.build(branch_shape)
+        if self.project_bn is not None:
+            self.project_bn.build(branch_shape)
         self.built = True
 
     def call(self, features, training=None):
+        def conv_bn_relu(conv, bn, x):
+            x = conv(x)
+            return ops.relu(x if bn is None else bn(x, training=training))
+
         outputs = []
         for index, (conv, bn) in enumerate(zip(self.branch_convs, self.branch_bns)):
             if self.image_pooling and index == len(self.branch_convs) - 1:
-                pooled = ops.mean(features, axis=(1, 2), keepdims=True)
-                pooled = ops.relu(bn(conv(pooled), training=training))
+                pooled = conv_bn_relu(conv, bn, ops.mean(features, axis=(1, 2), keepdims=True))
                 # Bilinear upsampling of a 1x1 map is a broadcast; this form works for dynamic sizes everywhere.
                 outputs.append(pooled * ops.ones_like(outputs[0][..., :1]))
             else:
-                outputs.append(ops.relu(bn(conv(features), training=training)))
-        x = ops.relu(self.project_bn(self.project_conv(ops.concatenate(outputs, axis=-1)), training=training))
+                outputs.append(conv_bn_relu(conv, bn, features))
+        x = conv_bn_relu(self.project_conv, self.project_bn, ops.concatenate(outputs, axis=-1))
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
         return x
@@ -235,4 +283,5 @@ class ASPP(keras.layers.Layer):
             "bn_epsilon": self.bn_epsilon,
             "synchronized_bn": self.synchronized_bn,
             "implementation": self.implementation,
+            "batch_norm": self.batch_norm,
         }

@@ -218,6 +218,17 @@ def test_verify_checks_signature_shapes_and_method_names(exported, tmp_path):
     ])
 
 
+def test_export_serves_the_model_with_batch_norm_folded(exported, session):
+    """BatchNorm is folded into the convolutions (the labels tests above compare with the unfolded model):
+    the served graph computes no normalization (no Rsqrt of a variance), and the export info says so."""
+    info = json.loads((exported[1] / export.EXPORT_INFO_FILE).read_text())
+    assert info["batch_norm_folded"] is True
+    graph_def = session[0].graph.as_graph_def()
+    op_types = {node.op for node in graph_def.node}
+    op_types |= {node.op for function in graph_def.library.function for node in function.node_def}
+    assert "Conv2D" in op_types and not op_types & {"Rsqrt", "FusedBatchNormV3"}
+
+
 def test_xla_scan_finds_jit_compiled_functions(session):
     @tf.function(jit_compile=True)
     def compiled(x):

@@ -69,6 +69,24 @@ def test_atrous_conv_gradients_equal_keras(rate, size):
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
 
 
+def test_atrous_conv_column_trimmed_taps_equal_keras():
+    """Taps with large column shifts take their own GEMM on the columns inside the map (the rule depends on
+    the filter count; ratio 0 sends every column-shifted tap down that path, the centre column stays grouped)."""
+    atrous, reference = atrous_and_reference(4)
+    atrous.COLUMN_TRIM_RATIO = 0
+    x = tf.constant(random_images((2, 11, 13, 5)))
+    upstream = tf.constant(RNG.normal(size=(2, 11, 13, 4)).astype("float32"))
+    results = []
+    for layer in (atrous, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * upstream)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel.value])])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize("rate", [2, 18, 40])
 def test_atrous_conv_with_unknown_spatial_dims(rate):
     """Inside a tf.function traced for [None, None, None, C] no tap can be skipped statically."""
