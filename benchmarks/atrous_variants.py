@@ -1,17 +1,15 @@
-"""Prototypes of other ways to compute `keras_deeplab.layers.AtrousConv2D` (a library lever, measured here).
+"""Other ways to compute `keras_deeplab.layers.AtrousConv2D`, kept to measure the library's choice against.
 
 Each variant subclasses AtrousConv2D (same kernel variable, so weights load unchanged) and is swapped in for the
-library class while a model is built (`patched(variant)`), inside a benchmark worker only.
+library class while a model is built (`patched(variant)`), inside a benchmark worker only. Every variant computes
+all rates > 1 its own way (the library's "auto" sends rates <= NATIVE_MAX_RATE to TF's dilated kernel).
 
+- "per_tap": the library's form before 2026-11-25: the input zero-padded once, then one 1x1 matmul per kernel
+  tap on a shifted window of it, summed; whole taps that see only padding are skipped.
+- "rows": the library's row-grouped GEMMs without column trimming.
 - "tf_dilated": `tf.nn.conv2d(..., dilations=rate)`, TF's own dilated kernel (oneDNN when enabled) instead of
-  Keras' SpaceToBatchND route.
-- "rows": shifted matmuls grouped by row offset. For each kernel row i (row shift dy = (i - k // 2) * rate),
-  only the input rows that land inside the output are multiplied (exact: the others meet zero padding), by
-  the kernel row's taps concatenated into one [Cin, taps * Cout] matrix: one larger GEMM per kernel row
-  instead of one per tap, no padded copy of the input. The column shifts are applied to the (Cout-channel)
-  products, and each row block is padded back into place.
-- "rows_cols": "rows", plus taps with a large column shift multiply only the input columns that land inside
-  the output (their own GEMM), where the FLOPs saved outweigh copying those columns.
+  Keras' SpaceToBatchND route. Forward only: TF has no CPU gradient for it ("Current CPU implementations do not
+  yet support dilation rates larger than 1").
 """
 import contextlib
 
@@ -20,8 +18,47 @@ from keras import ops
 from keras_deeplab import layers as library_layers
 from keras_deeplab.backbones import resnet as library_resnet
 
+Library = library_layers.AtrousConv2D
 
-class TFDilatedAtrousConv2D(library_layers.AtrousConv2D):
+
+class PerTapAtrousConv2D(Library):
+    """One matmul per kernel tap on a shifted window of the zero-padded input."""
+
+    def call(self, inputs):
+        kh, kw = self.kernel_size
+        rh, rw = self.dilation_rate
+        rows = library_layers._tap_offsets(kh, rh, inputs.shape[1])
+        cols = library_layers._tap_offsets(kw, rw, inputs.shape[2])
+        pad_h = max(abs(d) for _, d in rows)
+        pad_w = max(abs(d) for _, d in cols)
+        padded = ops.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
+        height, width = library_layers.spatial_size(inputs)
+        outputs = None
+        for i, dy in rows:
+            for j, dx in cols:
+                window = inputs if dy == dx == 0 else ops.slice(
+                    padded, [0, pad_h + dy, pad_w + dx, 0], [ops.shape(inputs)[0], height, width, ops.shape(inputs)[3]])
+                term = ops.matmul(window, self.kernel[i, j])
+                outputs = term if outputs is None else outputs + term
+        if self.use_bias:
+            outputs = outputs + self.bias
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+class RowGroupedAtrousConv2D(Library):
+    """The library's form without column trimming, at every rate > 1."""
+
+    COLUMN_TRIM_RATIO = float("inf")
+    NATIVE_MAX_RATE = 1
+
+
+class ShiftedAtrousConv2D(Library):
+    """The library's form at every rate > 1 (no native kernel at small rates)."""
+
+    NATIVE_MAX_RATE = 1
+
+
+class TFDilatedAtrousConv2D(Library):
     """AtrousConv2D through `tf.nn.conv2d(dilations=rate)`."""
 
     def call(self, inputs):
@@ -30,94 +67,11 @@ class TFDilatedAtrousConv2D(library_layers.AtrousConv2D):
         outputs = tf.nn.conv2d(inputs, self.kernel, strides=1, padding="SAME", dilations=list(self.dilation_rate))
         if self.use_bias:
             outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return outputs if self.activation is None else self.activation(outputs)
 
 
-class RowGroupedAtrousConv2D(library_layers.AtrousConv2D):
-    """AtrousConv2D as one GEMM per kernel row on the rows that matter, column shifts on the products.
-
-    With `trim_columns`, a tap with a large column shift (where the FLOPs saved outweigh copying the input
-    columns: |dx| * filters >= COLUMN_TRIM_RATIO * (width - |dx|), static width only) gets its own GEMM on
-    the input columns that land inside the output, instead of joining its kernel row's GEMM.
-    """
-
-    trim_columns = False
-    COLUMN_TRIM_RATIO = 32
-
-    def call(self, inputs):
-        if not self._use_shifted():
-            return super().call(inputs)
-        kh, kw = self.kernel_size
-        rh, rw = self.dilation_rate
-        static_h, static_w = inputs.shape[1], inputs.shape[2]
-        height, width = library_layers.spatial_size(inputs)
-        filters = self.filters
-
-        def offsets(k, rate, size):
-            # Shifts of the map's size or more read padding only (skipped where the size is static).
-            return [(i, (i - k // 2) * rate) for i in range(k)
-                    if size is None or abs((i - k // 2) * rate) < size]
-
-        def window(size, static_size, d):
-            """(start, stop) of the input positions p + d that stay inside [0, size) (empty when |d| >= size)."""
-            if static_size is not None:
-                return max(0, d), static_size + min(0, d)
-            return max(0, d), ops.maximum(size + min(0, d), 0)
-
-        def shift(x, axis, d, static_size, size):
-            """Pads the in-map part `x` of a map shifted by `d` back to full size along `axis`; with a dynamic
-            size, crops afterwards (the pad overshoots when |d| >= size)."""
-            paddings = [[0, 0]] * 4
-            paddings[axis] = [max(0, -d), max(0, d)]
-            padded = ops.pad(x, paddings)
-            if static_size is not None:
-                return padded
-            return ops.slice(padded, [0, 0, 0, 0], [size if a == axis else ops.shape(padded)[a] for a in range(4)])
-
-        cols = offsets(kw, rw, static_w)
-        trimmed = [(j, dx) for j, dx in cols if self.trim_columns and static_w is not None and dx
-                   and abs(dx) * filters >= self.COLUMN_TRIM_RATIO * (static_w - abs(dx))]
-        grouped = [tap for tap in cols if tap not in trimmed]
-        outputs = None
-        for i, dy in offsets(kh, rh, static_h):
-            # Output row y reads input row y + dy.
-            start, stop = window(height, static_h, dy)
-            block = inputs if dy == 0 else inputs[:, start:stop]
-            row_sum = None
-            if grouped:
-                kernel = ops.concatenate([self.kernel[i, j] for j, _ in grouped], axis=-1)
-                products = ops.matmul(block, kernel)
-                # split (whose gradient is one concat), not slices (one zero-filled full-size gradient each)
-                parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
-                for part, (_, dx) in zip(parts, grouped):
-                    if dx:
-                        start, stop = window(width, static_w, dx)
-                        part = shift(part[:, :, start:stop], 2, dx, static_w, width)
-                    row_sum = part if row_sum is None else row_sum + part
-            for j, dx in trimmed:
-                start, stop = window(width, static_w, dx)
-                part = shift(ops.matmul(block[:, :, start:stop], self.kernel[i, j]), 2, dx, static_w, width)
-                row_sum = part if row_sum is None else row_sum + part
-            if dy:
-                row_sum = shift(row_sum, 1, dy, static_h, height)
-            outputs = row_sum if outputs is None else outputs + row_sum
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
-
-
-class RowColumnTrimmedAtrousConv2D(RowGroupedAtrousConv2D):
-    """RowGroupedAtrousConv2D that also trims the columns of large column shifts."""
-
-    trim_columns = True
-
-
-VARIANTS = {"tf_dilated": TFDilatedAtrousConv2D, "rows": RowGroupedAtrousConv2D,
-            "rows_cols": RowColumnTrimmedAtrousConv2D}
+VARIANTS = {"per_tap": PerTapAtrousConv2D, "rows": RowGroupedAtrousConv2D, "shifted": ShiftedAtrousConv2D,
+            "tf_dilated": TFDilatedAtrousConv2D}
 
 
 @contextlib.contextmanager

@@ -240,14 +240,14 @@ class KerasInference:
     """Eval-mode forward of our model through a `tf.function` traced for the input's static shape (the graph
     `model.predict` runs, without its per-batch overhead); `dynamic_shape` traces for [None, None, None, 3]
     instead, as an export does. Levers: `jit_compile` (XLA), `fold_bn` (BatchNorm folded into the
-    convolutions, see bn_fold.py)."""
+    convolutions, `keras_deeplab.fold`, as the export serves it)."""
 
     def __init__(self, batch=1, size=513, jit_compile=False, fold_bn=False, dynamic_shape=False,
                  model_kwargs=None):
         tf = _tf()
         self.model = build_model(**(model_kwargs or {}))
         if fold_bn:
-            from bn_fold import fold_batch_norm
+            from keras_deeplab.fold import fold_batch_norm
 
             self.model = fold_batch_norm(self.model)
         model = self.model

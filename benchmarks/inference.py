@@ -25,14 +25,13 @@ from harness import case_specs as harness_case_specs, case_statistics, emit, log
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
+    "ours_folded": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
+    "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),
-    "ours_rows_cols": ({}, {"atrous_variant": "rows_cols"}, {}),
-    "ours_rows_cols_bnfold": ({"fold_bn": True}, {"atrous_variant": "rows_cols"}, {}),
+    "ours_per_tap": ({}, {"atrous_variant": "per_tap"}, {}),
     "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
     "ours_dynamic": ({"dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
-    "ours_bnfold": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
-    "ours_native_bnfold": ({"fold_bn": True}, {"atrous_implementation": "native"}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
 }
@@ -52,7 +51,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--ours", default="ours,ours_native,ours_bnfold",
+    parser.add_argument("--ours", default="ours,ours_folded",
                         help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
     parser.add_argument("--peers", default="torchvision,torchvision_cl",
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")

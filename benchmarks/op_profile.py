@@ -42,7 +42,7 @@ class TFOpProfile:
         tf = _tf()
         model = torchvision_structure_model(state_path, atrous_implementation=atrous, atrous_variant=variant)
         if fold_bn:
-            from bn_fold import fold_batch_norm
+            from keras_deeplab.fold import fold_batch_norm
 
             model = fold_batch_norm(model)
         archive = keras.export.ExportArchive()
@@ -139,7 +139,7 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=513)
     parser.add_argument("--atrous", choices=("auto", "native", "shifted"), default="auto")
-    parser.add_argument("--variant", choices=("rows", "tf_dilated"), default=None,
+    parser.add_argument("--variant", choices=("per_tap", "rows", "shifted", "tf_dilated"), default=None,
                         help="a prototype AtrousConv2D from atrous_variants.py")
     parser.add_argument("--fold-bn", action="store_true")
     parser.add_argument("--skip-torch", action="store_true", help="profile ours only")

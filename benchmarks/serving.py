@@ -59,7 +59,7 @@ def request_jpeg(path, size, quality=90):
 class Exporter:
     """Builds the model, saves it as .keras (for the in-process case) and exports SavedModel version 1."""
 
-    def __init__(self, folder, backbone="resnet50", output_stride=8, atrous="auto", fold_bn=False):
+    def __init__(self, folder, backbone="resnet50", output_stride=8, atrous="auto", fold_bn=True):
         from cases import _tf
 
         _tf()
@@ -75,12 +75,8 @@ class Exporter:
         model = DeepLabV3(num_classes=21, backbone=f"{backbone}_v1.5", preprocessing="torch",
                           atrous_implementation=atrous, **config)
         model.save(os.path.join(folder, "model.keras"))
-        if fold_bn:
-            from bn_fold import fold_batch_norm
-
-            model = fold_batch_norm(model)
         start = time.perf_counter()
-        version_dir = export_saved_model(model, os.path.join(folder, MODEL_NAME), version=1)
+        version_dir = export_saved_model(model, os.path.join(folder, MODEL_NAME), version=1, fold_batch_norm=fold_bn)
         self.meta = {"export_s": time.perf_counter() - start, "version_dir": str(version_dir)}
 
     def run(self):
@@ -90,7 +86,7 @@ class Exporter:
 class KerasServing:
     """The export's serving function, in process, on the loaded .keras model."""
 
-    def __init__(self, folder, jpeg_path, fold_bn=False):
+    def __init__(self, folder, jpeg_path, fold_bn=True):
         from cases import _tf
 
         tf = _tf()
@@ -100,7 +96,7 @@ class KerasServing:
 
         model = keras.saving.load_model(os.path.join(folder, "model.keras"))
         if fold_bn:
-            from bn_fold import fold_batch_norm
+            from keras_deeplab.fold import fold_batch_norm
 
             model = fold_batch_norm(model)
         archive, _ = build_export_archive(model)
@@ -230,7 +226,8 @@ def parse_args(argv):
     parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50")
     parser.add_argument("--output-stride", type=int, choices=(8, 16), default=8)
     parser.add_argument("--atrous", choices=("auto", "native", "shifted"), default="auto")
-    parser.add_argument("--fold-bn", action="store_true", help="export with BatchNorm folded (bn_fold.py)")
+    parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                        help="export without folding BatchNorm (the library folds by default)")
     parser.add_argument("--size", type=int, default=513)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=5)

@@ -21,12 +21,10 @@ from harness import case_specs as harness_case_specs, case_statistics, emit, mac
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
+    "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),
-    "ours_rows_cols": ({}, {"atrous_variant": "rows_cols"}, {}),
+    "ours_per_tap": ({}, {"atrous_variant": "per_tap"}, {}),
     "ours_fusedbn": ({}, {"fused_bn": True}, {}),
-    "ours_rows_cols_fusedbn": ({}, {"atrous_variant": "rows_cols", "fused_bn": True}, {}),
-    "ours_rows_cols_xla": ({"jit_compile": True}, {"atrous_variant": "rows_cols"}, {}),
-    "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
@@ -46,7 +44,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--ours", default="ours,ours_rows",
+    parser.add_argument("--ours", default="ours,ours_per_tap",
                         help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
     parser.add_argument("--peers", default="torchvision",
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")

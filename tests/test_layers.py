@@ -53,6 +53,16 @@ def test_atrous_conv_other_implementations_equal_keras(implementation):
     np.testing.assert_allclose(atrous(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rate,native", [(1, True), (AtrousConv2D.NATIVE_MAX_RATE, True),
+                                         (AtrousConv2D.NATIVE_MAX_RATE + 1, False), (12, False)])
+def test_atrous_conv_auto_takes_tf_dilated_kernel_only_at_small_rates(rate, native):
+    atrous, _ = atrous_and_reference(rate, implementation="auto")
+    graph = tf.function(atrous).get_concrete_function(tf.TensorSpec([1, 13, 17, 5])).graph
+    ops_used = {op.type for op in graph.get_operations()}
+    assert ("Conv2D" in ops_used) == native
+    assert ("SpaceToBatchND" in ops_used) == (native and rate > 1)
+
+
 @pytest.mark.parametrize("rate,size", [(1, (13, 17)), (6, (13, 17)), (18, (13, 17)), (40, (9, 21))])
 def test_atrous_conv_gradients_equal_keras(rate, size):
     atrous, reference = atrous_and_reference(rate)
