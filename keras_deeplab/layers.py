@@ -164,13 +164,15 @@ class AtrousConv2D(keras.layers.Conv2D):
         trimmed = [(j, dx) for j, dx in cols if static_w is not None and dx
                    and abs(dx) * self.filters >= self.COLUMN_TRIM_RATIO * (static_w - abs(dx))]
         grouped = [tap for tap in cols if tap not in trimmed]
+        # Unstacked, not indexed: the gradient is one Pack instead of a kernel-sized StridedSliceGrad per tap.
+        taps = [ops.unstack(row, axis=0) for row in ops.unstack(self.kernel, axis=0)]
         outputs = None
         for i, dy in _tap_offsets(kh, rh, static_h):
             # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
             block = inputs if dy == 0 else _inside(inputs, 1, dy, static_h, height)
             row_sum = None
             if grouped:
-                kernel = ops.concatenate([self.kernel[i, j] for j, _ in grouped], axis=-1)
+                kernel = ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1)
                 products = ops.matmul(block, kernel)
                 # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
                 parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
@@ -179,7 +181,7 @@ class AtrousConv2D(keras.layers.Conv2D):
                         part = _shift_back(_inside(part, 2, dx, static_w, width), 2, dx, static_w, width)
                     row_sum = part if row_sum is None else row_sum + part
             for j, dx in trimmed:
-                part = ops.matmul(_inside(block, 2, dx, static_w, width), self.kernel[i, j])
+                part = ops.matmul(_inside(block, 2, dx, static_w, width), taps[i][j])
                 part = _shift_back(part, 2, dx, static_w, width)
                 row_sum = part if row_sum is None else row_sum + part
             if dy:
