@@ -128,8 +128,8 @@ class AtrousConv2D(keras.layers.Conv2D):
     weights are interchangeable. Measured in `benchmarks/` (README there).
 
     `implementation`: "shifted" (above), "native" (`Conv2D`'s own kernel), or "auto": native up to rate
-    NATIVE_MAX_RATE, where TF's dilated kernel (SpaceToBatchND, then a dense conv) wastes nothing and measured
-    faster forward and backward, shifted above it.
+    NATIVE_MAX_RATE, where TF's dilated kernel (SpaceToBatchND, then a dense conv) wastes nothing and is at least
+    as fast forward and backward, shifted above it (much faster there, and TF's gradient slows with the rate).
     """
 
     # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|).
