@@ -165,7 +165,7 @@ class AtrousConv2D(keras.layers.Conv2D):
                    and abs(dx) * self.filters >= self.COLUMN_TRIM_RATIO * (static_w - abs(dx))]
         grouped = [tap for tap in cols if tap not in trimmed]
         # Unstacked, not indexed: the gradient is one Pack instead of a kernel-sized StridedSliceGrad per tap.
-        taps = [ops.unstack(row, axis=0) for row in ops.unstack(self.kernel, axis=0)]
+        taps = [ops.unstack(row, axis=0) for row in ops.unstack(ops.convert_to_tensor(self.kernel), axis=0)]
         outputs = None
         for i, dy in _tap_offsets(kh, rh, static_h):
             # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
