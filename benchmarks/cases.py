@@ -189,14 +189,14 @@ def _tf():
 
 
 def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,
-                                fused_bn=False):
+                                keras_bn=False):
     """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
     default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`.
     `atrous_variant`: a prototype AtrousConv2D from atrous_variants.py, or None for the library's;
-    `fused_bn`: BatchNorm through TF's fused kernel in training (fused_bn.py)."""
+    `keras_bn`: BatchNorm through Keras' unfused training ops, as before the library's fused one (keras_bn.py)."""
     _tf()
     from atrous_variants import patched
-    from fused_bn import patched as patched_bn
+    from keras_bn import use_keras_batch_norm
     from keras_deeplab.convert import (TORCHVISION_CONFIG, _resnet_depth, assign_torchvision_weights,
                                        load_state_dict)
     from keras_deeplab.model import DeepLabV3
@@ -205,7 +205,9 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
     config = dict(TORCHVISION_CONFIG, output_stride=output_stride)
     if output_stride != 8:
         config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
-    with patched(atrous_variant), patched_bn(fused_bn):
+    if keras_bn:
+        use_keras_batch_norm()
+    with patched(atrous_variant):
         model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
                           preprocessing="torch", atrous_implementation=atrous_implementation, **config)
     assign_torchvision_weights(model, state)
@@ -213,18 +215,20 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
 
 
 def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
-                fused_bn=False):
+                keras_bn=False):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
-    randomly initialised (seeded); `atrous_variant` and `fused_bn` as for `torchvision_structure_model`."""
+    randomly initialised (seeded); `atrous_variant` and `keras_bn` as for `torchvision_structure_model`."""
     _tf()
     import keras
 
     from atrous_variants import patched
-    from fused_bn import patched as patched_bn
+    from keras_bn import use_keras_batch_norm
     from keras_deeplab.model import DeepLabV3
 
     keras.utils.set_random_seed(0)
-    with patched(atrous_variant), patched_bn(fused_bn):
+    if keras_bn:
+        use_keras_batch_norm()
+    with patched(atrous_variant):
         return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
                          atrous_implementation=atrous_implementation)
 

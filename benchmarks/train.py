@@ -24,7 +24,7 @@ OUR_VARIANTS = {
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),
     "ours_per_tap": ({}, {"atrous_variant": "per_tap"}, {}),
-    "ours_fusedbn": ({}, {"fused_bn": True}, {}),
+    "ours_keras_bn": ({}, {"keras_bn": True}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),

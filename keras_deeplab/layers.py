@@ -1,4 +1,4 @@
-"""Layers of DeepLabv3: input preprocessing, dynamic-size bilinear resize, atrous convolution and ASPP.
+"""Layers of DeepLabv3: input preprocessing, dynamic-size bilinear resize, BatchNorm, atrous convolution, ASPP.
 
 All layers use `keras.ops` (so they also run on JAX) and serialize completely through `get_config`.
 """
@@ -81,6 +81,42 @@ class ResizeLike(keras.layers.Layer):
     def compute_output_shape(self, input_shapes):
         images, reference = input_shapes
         return (images[0], reference[1], reference[2], images[3])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose training step runs TF's fused kernels on the TF backend.
+
+    Keras computes batch moments and the normalization with about ten ops each way; TF's `FusedBatchNormV3`
+    and its gradient do it in one (measured in `benchmarks/`). Same variables, config and moving-statistics
+    update as Keras (biased batch variance); every case the fused kernel does not cover (inference, other
+    backends, synchronized BN, renorm, masks, no scale or center, not channels-last 4D float32) is Keras' own.
+    """
+
+    def _fusable(self, inputs, training, mask):
+        return (bool(training) and self.trainable and mask is None and keras.backend.backend() == "tensorflow"
+                and len(inputs.shape) == 4 and self.axis in (3, -1) and not self.synchronized
+                and not self.renorm and self.scale and self.center
+                and keras.backend.result_type(inputs.dtype, "float32") == "float32")
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = ops.cast(inputs, "float32")
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), epsilon=self.epsilon,
+            data_format="NHWC", is_training=True)
+        # The fused kernel returns the batch variance with Bessel's correction (undefined for one value per
+        # channel, as in ASPP's image pooling at batch 1); Keras tracks the biased one.
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        variance = tf.where(count > 1.0, variance * (count - 1.0) / tf.maximum(count, 1.0), tf.zeros_like(variance))
+        momentum = self.momentum
+        self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(
+            ops.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum))
+        return ops.cast(outputs, self.compute_dtype)
 
 
 def _tap_offsets(kernel_size, rate, size):
@@ -205,7 +241,7 @@ def _conv_bn(filters, kernel_size, rate, name, *, dtype, bn_kwargs, implementati
     """A conv and its BatchNorm; with `bn_kwargs=None` (BN folded away) a biased conv and None."""
     conv = AtrousConv2D(filters, kernel_size, dilation_rate=rate, use_bias=bn_kwargs is None, name=f"{name}_conv",
                         implementation=implementation, dtype=dtype)
-    bn = None if bn_kwargs is None else keras.layers.BatchNormalization(name=f"{name}_bn", dtype=dtype, **bn_kwargs)
+    bn = None if bn_kwargs is None else BatchNormalization(name=f"{name}_bn", dtype=dtype, **bn_kwargs)
     return conv, bn
 
 

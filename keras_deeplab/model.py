@@ -2,7 +2,7 @@
 import keras
 
 from keras_deeplab.backbones import get_backbone
-from keras_deeplab.layers import ASPP, PACKAGE, ImagePreprocessing, ResizeLike
+from keras_deeplab.layers import ASPP, PACKAGE, BatchNormalization, ImagePreprocessing, ResizeLike
 
 PAPER_ATROUS_RATES = (6, 12, 18)  # at output stride 16
 
@@ -70,14 +70,14 @@ class DeepLabV3(keras.Model):
         bn_args = {"momentum": bn_momentum, "epsilon": 1e-5, "synchronized": synchronized_bn}
         if head_conv:
             x = layers.Conv2D(aspp_filters, 3, padding="same", use_bias=False, name="head_conv")(x)
-            x = layers.Activation("relu", name="head_relu")(layers.BatchNormalization(name="head_bn", **bn_args)(x))
+            x = layers.Activation("relu", name="head_relu")(BatchNormalization(name="head_bn", **bn_args)(x))
         x = layers.Conv2D(num_classes, 1, name="logits_conv")(x)
         logits = ResizeLike(dtype="float32", name="logits")([x, images])
         outputs = logits
         if aux_head:
             y = features["block3"]
             y = layers.Conv2D(y.shape[-1] // 4, 3, padding="same", use_bias=False, name="aux_conv")(y)
-            y = layers.Activation("relu", name="aux_relu")(layers.BatchNormalization(name="aux_bn", **bn_args)(y))
+            y = layers.Activation("relu", name="aux_relu")(BatchNormalization(name="aux_bn", **bn_args)(y))
             y = layers.Dropout(0.1, name="aux_dropout")(y)
             y = layers.Conv2D(num_classes, 1, name="aux_logits_conv")(y)
             outputs = {"out": logits, "aux": ResizeLike(dtype="float32", name="aux_logits")([y, images])}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_deeplab.layers import ASPP, AtrousConv2D, ImagePreprocessing, ResizeLike
+from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization, ImagePreprocessing, ResizeLike
 
 RNG = np.random.default_rng(0)
 
@@ -138,6 +138,66 @@ def randomize_batchnorm(bn):
 def numpy_batchnorm(x, bn):
     gamma, beta, mean, var = (np.asarray(w, np.float64) for w in bn.get_weights())
     return (x - mean) / np.sqrt(var + bn.epsilon) * gamma + beta
+
+
+def bn_training_step(layer, x, weights):
+    """Output, gradients (input, gamma, beta) of a weighted sum, and moving statistics after one training call."""
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs = layer(x, training=True)
+        loss = tf.reduce_sum(outputs * weights)
+    grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+    return [outputs, *grads, layer.moving_mean, layer.moving_variance]
+
+
+@pytest.mark.parametrize("shape", [(2, 9, 7, 5), (1, 1, 1, 3)])
+def test_fused_batchnorm_trains_like_keras_and_numpy(shape):
+    """The library's BatchNormalization (TF's fused kernels in training) against Keras' own layer with the same
+    weights (outputs, gradients, moving statistics) and against a NumPy batch normalization."""
+    x = RNG.normal(2.0, 3.0, shape).astype("float32")
+    weights = tf.constant(RNG.normal(size=shape).astype("float32"))
+    ours = BatchNormalization(momentum=0.9, epsilon=1e-3)
+    keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    for layer in (ours, keras_bn):
+        layer.build(shape)
+    randomize_batchnorm(ours)
+    keras_bn.set_weights(ours.get_weights())
+    moving_mean, moving_variance = ours.moving_mean.numpy(), ours.moving_variance.numpy()
+    ours_results = bn_training_step(ours, x, weights)
+    assert ours._fusable(x, True, None)
+    for mine, theirs in zip(ours_results, bn_training_step(keras_bn, x, weights)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
+    x64 = x.astype(np.float64)
+    mean, variance = x64.mean(axis=(0, 1, 2)), x64.var(axis=(0, 1, 2))
+    gamma, beta = ours.gamma.numpy(), ours.beta.numpy()
+    np.testing.assert_allclose(ours_results[0], (x64 - mean) / np.sqrt(variance + 1e-3) * gamma + beta,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours_results[-2], 0.9 * moving_mean + 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours_results[-1], 0.9 * moving_variance + 0.1 * variance, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_batchnorm_falls_back_to_keras_where_the_kernel_does_not_apply():
+    x = RNG.normal(size=(2, 3, 4, 5)).astype("float32")
+    frozen = BatchNormalization()
+    frozen.build(x.shape)
+    frozen.trainable = False
+    assert not BatchNormalization()._fusable(x, False, None)  # inference
+    assert not frozen._fusable(x, True, None)
+    assert not BatchNormalization(axis=1)._fusable(x, True, None)
+    assert not BatchNormalization(center=False)._fusable(x, True, None)
+    assert not BatchNormalization(synchronized=True)._fusable(x, True, None)
+    assert not BatchNormalization()._fusable(x[:, 0], True, None)
+    assert not BatchNormalization()._fusable(x.astype(np.float64), True, None)
+
+
+def test_fused_batchnorm_config_roundtrip():
+    layer = BatchNormalization(momentum=0.5, epsilon=1e-4, name="bn")
+    layer.build((None, None, None, 4))
+    randomize_batchnorm(layer)
+    clone = serialize_roundtrip(layer, (None, None, None, 4))
+    x = random_images((2, 3, 5, 4))
+    np.testing.assert_array_equal(clone(x, training=False), layer(x, training=False))
 
 
 def build_random_aspp(in_channels, **kwargs):

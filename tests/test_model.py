@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from keras_deeplab import DeepLabV3
-from keras_deeplab.layers import ASPP, AtrousConv2D
+from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization
 
 RNG = np.random.default_rng(0)
 SMALL = {"backbone": "mobilenet_v2", "aspp_filters": 16}
@@ -324,6 +324,8 @@ def test_gradients_reach_every_trainable_weight(backbone, n_bn_fed_biases):
     grads = dict(zip((v.path for v in model.trainable_variables),
                      tape.gradient(loss, model.trainable_variables)))
     assert len(grads) == len(model.trainable_variables) > 0
+    batch_norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert batch_norms and all(isinstance(bn, BatchNormalization) for bn in batch_norms)  # the fused one
     missing = [path for path, g in grads.items() if g is None]
     assert not missing, f"no gradient: {missing}"
     bn_fed = conv_biases_feeding_batchnorm(model)

@@ -9,6 +9,7 @@ tenfold per block, leaving an untrained model's logits near 1e-12.
 import keras
 
 from keras_deeplab.backbones.resnet import stage_rates
+from keras_deeplab.layers import BatchNormalization
 
 # (expansion, output channels, stride) of blocks 0..16, grouped into keras.applications' stride stages.
 BLOCKS = [
@@ -27,8 +28,7 @@ def mobilenet_v2_features(images, *, output_stride=16, bn_momentum=0.999, synchr
     layers = keras.layers
 
     def bn(name):
-        return layers.BatchNormalization(epsilon=1e-3, momentum=bn_momentum, synchronized=synchronized_bn,
-                                         name=name)
+        return BatchNormalization(epsilon=1e-3, momentum=bn_momentum, synchronized=synchronized_bn, name=name)
 
     x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="Conv1")(images)
     x = layers.ReLU(6.0, name="Conv1_relu")(bn("bn_Conv1")(x))

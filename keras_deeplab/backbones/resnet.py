@@ -9,7 +9,7 @@ Two layouts share one builder:
 """
 import keras
 
-from keras_deeplab.layers import AtrousConv2D
+from keras_deeplab.layers import AtrousConv2D, BatchNormalization
 
 STAGE_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -55,8 +55,8 @@ def resnet_features(images, *, depth=101, variant="v1", output_stride=16, multi_
         return layers.Conv2D(filters, kernel, strides=strides, use_bias=spec["use_bias"], name=name)
 
     def bn(name):
-        return layers.BatchNormalization(epsilon=spec["bn_epsilon"], momentum=bn_momentum,
-                                         synchronized=synchronized_bn, name=name)
+        return BatchNormalization(epsilon=spec["bn_epsilon"], momentum=bn_momentum, synchronized=synchronized_bn,
+                                  name=name)
 
     x = layers.ZeroPadding2D(3, name="conv1_pad")(images)
     x = conv(64, 7, "conv1_conv", strides=2)(x)
