@@ -184,7 +184,9 @@ def _tf():
     threads = int(os.environ.get("OMP_NUM_THREADS", "0"))
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        # BENCH_TF_INTER_OP_THREADS: how many ops may run at once (each on up to `threads` threads)
+        tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("BENCH_TF_INTER_OP_THREADS",
+                                                                                threads)))
     return tf
 
 

@@ -329,8 +329,9 @@ def case_specs(args, state_path, *, workload, our_variants, peer_variants, paper
                                                       **model_kwargs}}})
     else:
         for name in filter(None, args.paper_models.split(",")):
-            model = paper_models[name]
+            model = dict(paper_models[name])
+            case_kwargs = model.pop("case_kwargs", {})  # e.g. {"fold_bn": True}
             specs.append({"name": name, "factory": f"cases:Keras{workload}", "role": "ours", **model,
-                          "kwargs": {"batch": args.batch, "size": args.size,
+                          "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
                                      "model_kwargs": {"source": "paper", **model}}})
     return specs

@@ -38,7 +38,11 @@ OUR_VARIANTS = {
 PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
 PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch", "matmul_numpy": "numpy"}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
-                "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16}}
+                "paper_r101_os16_folded": {"backbone": "resnet101", "output_stride": 16,
+                                           "case_kwargs": {"fold_bn": True}},
+                "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16},
+                "mobilenet_v2_os16_folded": {"backbone": "mobilenet_v2", "output_stride": 16,
+                                             "case_kwargs": {"fold_bn": True}}}
 
 
 def parse_args(argv):

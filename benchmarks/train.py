@@ -28,6 +28,7 @@ OUR_VARIANTS = {
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    "ours_inter_op_1": ({}, {"atrous_implementation": "auto"}, {"BENCH_TF_INTER_OP_THREADS": "1"}),
 }
 PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
