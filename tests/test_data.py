@@ -15,7 +15,7 @@ from keras_deeplab.data import prepare as prepare_module
 from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, tfrecord_files, train_dataset
 from keras_deeplab.data.prepare import prepare
 from keras_deeplab.data.presets import CAMVID_CLASSES
-from keras_deeplab.data.readers import LabelSpec, folder_samples, load_example, load_label, voc_samples
+from keras_deeplab.data.readers import LabelSpec, folder_samples, load_example, load_label
 from keras_deeplab.data.tfrecords import IMAGE_KEY, FEATURES, parse_example
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,18 +11,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from helpers.training_data import run, subprocess_env, train_command, write_synthetic_dataset
+from helpers.training_data import run, subprocess_env, train_command
 from keras_deeplab.training.callbacks import CSV_FILE, MODEL_FILE, read_csv_log
 from keras_deeplab.training.evaluate import load_model
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(path)
-    return path
 
 
 def free_ports(count):

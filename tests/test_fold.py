@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
+from helpers.models import random_images, randomize_weights
 from keras_deeplab import DeepLabV3
 from keras_deeplab.fold import fold_batch_norm, folded_weights
 from keras_deeplab.layers import ASPP
-from test_model import random_images, randomize_weights
 
 
 def batch_norms(model):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers.training_data import CLASS_NAMES, write_synthetic_dataset
+from helpers.training_data import CLASS_NAMES
 from keras_deeplab import DeepLabV3
 from keras_deeplab.data.pipeline import eval_dataset
 from keras_deeplab.training import callbacks as cb
@@ -33,13 +33,6 @@ def numpy_iou(labels, predictions, num_classes, ignore=255):
         union = np.sum(((labels == c) | (predictions == c)) & valid)
         ious.append(inter / union if union else np.nan)
     return np.array(ious)
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(path)
-    return path
 
 
 def colour_oracle():

@@ -9,18 +9,11 @@ import time
 
 import pytest
 
-from helpers.training_data import TINY_CONFIG, run, subprocess_env, train_command, write_synthetic_dataset
+from helpers.training_data import TINY_CONFIG, run, subprocess_env, train_command
 from keras_deeplab.training.callbacks import BACKUP_DIR, CSV_FILE, MODEL_FILE, backed_up_step, read_csv_log
 from keras_deeplab.training.train import EXIT_DIVERGED
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("synthetic")
-    write_synthetic_dataset(path)
-    return path
 
 
 def test_killed_run_resumes_at_the_backed_up_step_without_losing_or_repeating_any(synthetic_dir, tmp_path):
