@@ -20,7 +20,8 @@ import tempfile
 
 import numpy as np
 
-from harness import case_specs as harness_case_specs, case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_cases
+from harness import (case_specs as harness_case_specs, case_statistics, emit, log, machine_info, markdown_table,
+                     pair_statistics, run_cases)
 
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {

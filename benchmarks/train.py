@@ -15,7 +15,8 @@ import os
 import sys
 import tempfile
 
-from harness import case_specs as harness_case_specs, case_statistics, emit, machine_info, markdown_table, pair_statistics, run_cases
+from harness import (case_specs as harness_case_specs, case_statistics, emit, machine_info, markdown_table,
+                     pair_statistics, run_cases)
 
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {

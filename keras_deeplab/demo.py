@@ -81,7 +81,8 @@ def run(data, config_path, out, steps=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="deeplab demo", description=__doc__)
-    parser.add_argument("--data", default="sample_data/camvid", help="CamVid-layout folder (default: the bundled sample)")
+    parser.add_argument("--data", default="sample_data/camvid",
+                        help="CamVid-layout folder (default: the bundled sample)")
     parser.add_argument("--config", default=os.path.join("training", "configs", "camvid_demo.yaml"))
     parser.add_argument("--out", default="demo_output", help="output folder")
     parser.add_argument("--steps", type=int, default=None, help="override the config's training steps")

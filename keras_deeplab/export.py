@@ -4,8 +4,9 @@ Signatures (built with `keras.export.ExportArchive`, no XLA, float32 compute, JS
 
 - `serving_default`: `image_bytes` (DT_STRING [-1]: JPEG, PNG, GIF, BMP or WebP bytes; REST clients send
   `{"b64": ...}`) -> `labels` (int32 [-1, H, W]: each image's label map at its original size, padded with 255
-  to the largest image of the request; with more than 255 classes crop by `image_size`), `label_png_bytes` (DT_STRING [-1]: the label map as a PNG, 8-bit, or
-  16-bit above 256 classes; REST returns it as b64) and `image_size` (int32 [-1, 2]: height, width).
+  to the largest image of the request; with more than 255 classes crop by `image_size`), `label_png_bytes`
+  (DT_STRING [-1]: the label map as a PNG, 8-bit, or 16-bit above 256 classes; REST returns it as b64) and
+  `image_size` (int32 [-1, 2]: height, width).
   Bytes that are not an image fail with InvalidArgument (HTTP 400 in TF Serving). Every input and output has
   a batch dimension, so TF Serving's `--enable_batching` works (labels are then padded to the largest image
   of the merged batch: crop with `image_size`).

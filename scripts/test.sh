@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
-# Quick start 2: set up (with the test extras), then run the test suite.
+# Quick start 2: set up (with the test extras), then check the style (flake8, setup.cfg) and run the test suite.
 source "$(dirname "$0")/setup_env.sh" "test"
+(cd "$ROOT" && python -m flake8)
 python -m pytest "$@"

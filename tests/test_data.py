@@ -173,7 +173,8 @@ def test_folder_reader_camvid_remaps_void_to_ignore():
 def test_folder_reader_split_list_and_suffixes(tmp_path):
     # Cityscapes-style names in city subfolders, paired by the part before the suffix.
     for split, city in (("train", "aachen"), ("train", "bonn")):
-        for folder, suffix, mode in (("leftImg8bit", "_leftImg8bit.png", "RGB"), ("gtFine", "_gtFine_labelIds.png", "L")):
+        for folder, suffix, mode in (("leftImg8bit", "_leftImg8bit.png", "RGB"),
+                                     ("gtFine", "_gtFine_labelIds.png", "L")):
             path = tmp_path / folder / split / city / f"{city}_000000_000019{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new(mode, (8, 4), 7).save(path)

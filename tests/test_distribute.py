@@ -33,6 +33,7 @@ def test_two_workers_train_in_lock_step(synthetic_dir, tmp_path):
     # Global batch 4 (2 per worker), 2 epochs of 2 steps. Synchronized BN: without it each worker would keep
     # the BatchNorm statistics of its own examples (see the last test); only trainable weights would agree.
     command = train_command(synthetic_dir, tmp_path, extra=["--set", "model.synchronized_bn=true"])
+
     def tf_config(index):
         return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
 

@@ -34,7 +34,8 @@ def model():
 @pytest.fixture(scope="module")
 def exported(model, tmp_path_factory):
     base = tmp_path_factory.mktemp("saved_models") / "deeplabv3"
-    path = export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE, check_images=[CAMVID_FILES[0], small_camvid()],
+    path = export.export_saved_model(model, base, max_long_side=MAX_LONG_SIDE,
+                                     check_images=[CAMVID_FILES[0], small_camvid()],
                                      class_names=[f"class{i}" for i in range(NUM_CLASSES)], colormap="camvid")
     return base, path
 
@@ -132,7 +133,8 @@ def test_non_image_bytes_are_invalid_argument_and_session_survives(session):
 
 def test_warmup_records_are_predict_logs_that_run(exported, session):
     path = exported[1] / "assets.extra" / "tf_serving_warmup_requests"
-    logs = [prediction_log_pb2.PredictionLog.FromString(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
+    logs = [prediction_log_pb2.PredictionLog.FromString(r)
+            for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
     assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "predict_images"]
     assert {log.predict_log.request.model_spec.name for log in logs} == {"deeplabv3"}
     for log in logs:
@@ -295,7 +297,8 @@ def test_inference_size_policy():
 def test_models_config_round_trip(tmp_path):
     path = tmp_path / "models.config"
     models = [ModelConfig("deeplabv3", "/models/deeplabv3"),
-              {"name": "deeplabv3_os8", "base_path": "/models/os8", "versions": [2, 1], "version_labels": {"stable": 1}},
+              {"name": "deeplabv3_os8", "base_path": "/models/os8", "versions": [2, 1],
+               "version_labels": {"stable": 1}},
               ModelConfig("all_versions", "/models/all", versions="all")]
     write_models_config(path, models)
     proto = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())

@@ -350,5 +350,5 @@ def test_resize_like_equals_tf_image_resize(source, target):
     expected = tf.image.resize(images, target, method="bilinear")
     np.testing.assert_allclose(ResizeLike()([images, reference]), expected, atol=1e-5)
     run = tf.function(ResizeLike(), input_signature=[[tf.TensorSpec([None, None, None, 3]),
-                                                       tf.TensorSpec([None, None, None, 1])]])
+                                                      tf.TensorSpec([None, None, None, 1])]])
     np.testing.assert_allclose(run([images, reference]), expected, atol=1e-5)

@@ -356,7 +356,7 @@ def test_evaluate_reports_exact_iou_on_the_synthetic_dataset(synthetic_dir):
     always_background = keras.initializers.Constant([5.0, 0.0, 0.0])
     background = keras.Sequential([keras.Input((None, None, 3)),
                                    keras.layers.Conv2D(3, 1, kernel_initializer="zeros",
-                                                           bias_initializer=always_background)])
+                                                       bias_initializer=always_background)])
     report = ev.evaluate(background, synthetic_dir, "val", progress=False)
     reference = numpy_iou(labels, np.zeros_like(labels), 3)
     assert report["mean_iou"] == pytest.approx(np.nanmean(reference))

@@ -40,8 +40,8 @@ def random_crop(image, label, seed, height, width):
     shape = tf.shape(image)
     limits = tf.stack([shape[0] - height + 1, shape[1] - width + 1])
     offset = tf.random.stateless_uniform([2], seed, minval=0, maxval=tf.int32.max, dtype=tf.int32) % limits
-    image = image[offset[0] : offset[0] + height, offset[1] : offset[1] + width]
-    label = label[offset[0] : offset[0] + height, offset[1] : offset[1] + width]
+    rows, cols = slice(offset[0], offset[0] + height), slice(offset[1], offset[1] + width)
+    image, label = image[rows, cols], label[rows, cols]
     image.set_shape([height, width, 3])
     label.set_shape([height, width])
     return image, label

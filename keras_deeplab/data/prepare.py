@@ -75,12 +75,13 @@ def prepare(source, out_dir, *, format=None, splits, num_shards=None, skip_bad=F
     format: "voc" (VOC2012/VOCdevkit folder), "folder" (image and label folders) or "tfds" (`source` is a
     TFDS name or builder). `preset` (see presets.PRESETS: voc, camvid, cityscapes (`*_gtFine_labelIds.png`,
     remapped to train ids), cityscapes_trainids (`*_gtFine_labelTrainIds.png`), ade20k, voc_segmentation,
-    oxford_iiit_pet, scene_parse150) supplies format, class names, colormap, remap and reader options; explicit arguments
-    override it, except that a preset's remap is refused (ValueError) for label files it would mislabel.
+    oxford_iiit_pet, scene_parse150) supplies format, class names, colormap, remap and reader options; explicit
+    arguments override it, except that a preset's remap is refused (ValueError) for label files it would mislabel.
     `remap` maps label file values to class ids ({11: 255} makes CamVid's void ignored).
     `num_shards`: shards per split (default: one per 1000 examples). `skip_bad`: log and skip bad samples
     instead of raising. `overwrite`: replace splits already in `out_dir` (otherwise that is an error; other
-    splits of an earlier run of the same dataset are kept). `mean_rgb`: padding colour for training; default: the mean pixel of the train split(s).
+    splits of an earlier run of the same dataset are kept). `mean_rgb`: padding colour for training; default: the
+    mean pixel of the train split(s).
     reader_options go to the reader: voc_samples, folder_samples, or for tfds data_dir, manual_dir, download,
     image_key, label_key.
     dataset_info.json is removed first and written last, so an interrupted run leaves no complete-looking dataset.

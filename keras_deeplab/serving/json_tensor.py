@@ -481,4 +481,3 @@ def check_image_pixels(inputs, max_pixels):
 def error_body(message):
     """The JSON text of an error reply."""
     return json.dumps({"error": message})
-

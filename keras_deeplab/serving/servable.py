@@ -37,7 +37,7 @@ class TensorSpecInfo:
 
 # TF error code number -> canonical name ("INVALID_ARGUMENT").
 ERROR_CODE_NAMES = {code: name for name, code in vars(tf.errors).items()
-               if name.isupper() and isinstance(code, int) and name != "OK"}
+                    if name.isupper() and isinstance(code, int) and name != "OK"}
 
 
 def serving_error(error):
@@ -187,4 +187,3 @@ class Servable:
             close = self._in_flight == 0
         if close:
             self.session.close()
-
