@@ -20,7 +20,8 @@ ATROUS_CASES = [(256, 256, 2), (512, 512, 4), (2048, 256, 12), (2048, 256, 24), 
 POINTWISE_CASES = [(1024, 256), (256, 1024), (2048, 512), (512, 2048), (1024, 2048)]
 
 
-def atrous_forms():
+def atrous_forms(trim_ratios=()):
+    """Name -> constructor (filters, rate); `trim_ratios` adds the library's form at other COLUMN_TRIM_RATIOs."""
     from atrous_variants import VARIANTS
     from keras_deeplab.layers import AtrousConv2D
 
@@ -28,6 +29,9 @@ def atrous_forms():
              "keras_native": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False, implementation="native")}
     for name in ("per_tap", "rows", "shifted"):
         forms[name] = lambda f, r, cls=VARIANTS[name]: cls(f, 3, dilation_rate=r, use_bias=False)
+    for ratio in trim_ratios:
+        cls = type(f"AtrousConv2DTrim{ratio}", (AtrousConv2D,), {"COLUMN_TRIM_RATIO": ratio})
+        forms[f"library_trim_ratio_{ratio}"] = lambda f, r, cls=cls: cls(f, 3, dilation_rate=r, use_bias=False)
     return forms
 
 
@@ -79,6 +83,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--atrous-cases", default=",".join(f"{i}:{o}:{r}" for i, o, r in ATROUS_CASES),
+                        help="comma-separated in:out:rate atrous layers")
+    parser.add_argument("--no-pointwise", action="store_true", help="skip the 1x1 convolution cases")
+    parser.add_argument("--trim-ratios", default="",
+                        help="comma-separated AtrousConv2D.COLUMN_TRIM_RATIOs to time beside the library's")
+    parser.add_argument("--forms", default="", help="comma-separated atrous forms to time (default: all)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -88,12 +98,15 @@ def main(argv=None):
     print(json.dumps({"record": "context", "benchmark": "layer_timing", "size": args.size, "batch": args.batch,
                       "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
     rows = []
-    cases = [("atrous", cin, cout, rate) for cin, cout, rate in ATROUS_CASES]
-    cases += [("pointwise", cin, cout, None) for cin, cout in POINTWISE_CASES]
+    cases = [("atrous", *map(int, case.split(":"))) for case in args.atrous_cases.split(",") if case]
+    if not args.no_pointwise:
+        cases += [("pointwise", cin, cout, None) for cin, cout in POINTWISE_CASES]
+    trim_ratios = [int(r) for r in args.trim_ratios.split(",") if r]
     for kind, cin, cout, rate in cases:
         x = tf.random.normal([args.batch, args.size, args.size, cin], seed=0)
         if kind == "atrous":
-            layers = {name: make(cout, rate) for name, make in atrous_forms().items()}
+            layers = {name: make(cout, rate) for name, make in atrous_forms(trim_ratios).items()
+                      if not args.forms or name in args.forms.split(",") or name.startswith("library_trim")}
         else:
             layers = {name: make(cout) for name, make in pointwise_forms().items()}
         for name, (forward, forward_backward) in time_layers(layers, x, args.repeats).items():
@@ -107,6 +120,8 @@ def main(argv=None):
           f"{args.repeats} (ms, forward / forward+backward)\n")
     for kind in ("atrous", "pointwise"):
         forms = list(dict.fromkeys(r["form"] for r in rows if r["kind"] == kind))
+        if not forms:
+            continue
         print("| layer | " + " | ".join(forms) + " |")
         print("|---|" + "---|" * len(forms))
         for key in dict.fromkeys((r["in"], r["out"], r["rate"]) for r in rows if r["kind"] == kind):

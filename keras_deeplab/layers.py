@@ -168,8 +168,10 @@ class AtrousConv2D(keras.layers.Conv2D):
     as fast forward and backward, shifted above it (much faster there, and TF's gradient slows with the rate).
     """
 
-    # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|).
-    COLUMN_TRIM_RATIO = 32
+    # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
+    # 64 trims ASPP's rates 24/36 but not 12 at 65x65 (and 12/18 but not 6 at 33x33), the fastest forward +
+    # backward there (benchmarks/results/layer_timing_trim_*).
+    COLUMN_TRIM_RATIO = 64
     NATIVE_MAX_RATE = 2
 
     def __init__(self, filters, kernel_size=3, dilation_rate=1, implementation="auto", **kwargs):
