@@ -325,8 +325,11 @@ def export_saved_model(model, base_dir="saved_models/deeplabv3", version=None, *
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names, the model has {num_classes} classes")
         archive.write_out(str(staging), verbose=False)
-        write_warmup_requests(staging, default_check_images()[:1] if warmup_images is None else warmup_images,
-                              model_name)
+        if check_images is None or warmup_images is None:  # read (and warned about) once
+            defaults = default_check_images()
+            check_images = defaults if check_images is None else check_images
+            warmup_images = defaults[:1] if warmup_images is None else warmup_images
+        write_warmup_requests(staging, warmup_images, model_name)
         info = {"num_classes": num_classes, "max_long_side": max_long_side, "pad_label": PAD_LABEL,
                 "batch_norm_folded": bool(fold_batch_norm),
                 "class_names": None if class_names is None else [str(n) for n in class_names],

@@ -111,7 +111,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # The fused kernel returns the batch variance with Bessel's correction (undefined for one value per
         # channel, as in ASPP's image pooling at batch 1); Keras tracks the biased one.
         count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-        variance = tf.where(count > 1.0, variance * (count - 1.0) / tf.maximum(count, 1.0), tf.zeros_like(variance))
+        variance = tf.where(count > 1.0, variance * (count - 1.0) / count, tf.zeros_like(variance))
         momentum = self.momentum
         self.moving_mean.assign(ops.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum))
         self.moving_variance.assign(

@@ -139,15 +139,20 @@ def test_logits_are_float32_under_mixed_precision():
     np.testing.assert_allclose(logits, expected, atol=0.05 * scale)
 
 
-def test_save_and_load_keeps_outputs_and_config(tmp_path):
-    model = randomize_weights(DeepLabV3(6, backbone="mobilenet_v2", output_stride=8, multi_grid=(1, 2, 1),
-                                        atrous_rates=(3, 5), aspp_filters=8, aspp_dropout=0.1))
-    images = random_images(2, 65, 81)
-    path = tmp_path / "m.keras"
+def save_and_load(model, path):
+    """`model` saved to `path` (.keras) and loaded back, checked to be a DeepLabV3 with the same config."""
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded, DeepLabV3)
     assert loaded.get_config() == model.get_config()
+    return loaded
+
+
+def test_save_and_load_keeps_outputs_and_config(tmp_path):
+    model = randomize_weights(DeepLabV3(6, backbone="mobilenet_v2", output_stride=8, multi_grid=(1, 2, 1),
+                                        atrous_rates=(3, 5), aspp_filters=8, aspp_dropout=0.1))
+    images = random_images(2, 65, 81)
+    loaded = save_and_load(model, tmp_path / "m.keras")
     assert (loaded.multi_grid, loaded.atrous_rates, loaded.output_stride, loaded.backbone) == \
         ((1, 2, 1), (3, 5), 8, "mobilenet_v2")
     np.testing.assert_array_equal(loaded.predict(images, verbose=0), model.predict(images, verbose=0))
@@ -160,11 +165,7 @@ def test_resnet_save_and_load_keeps_outputs_config_and_rates(tmp_path):
                                         aspp_filters=8, head_conv=True, aux_head=True, image_pooling=False,
                                         preprocessing=None))
     images = RNG.normal(size=(1, 65, 65, 3)).astype("float32")  # pre-normalized: no preprocessing layer
-    path = tmp_path / "resnet.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded, DeepLabV3)
-    assert loaded.get_config() == model.get_config()
+    loaded = save_and_load(model, tmp_path / "resnet.keras")
     assert (loaded.backbone, loaded.output_stride, loaded.multi_grid, loaded.atrous_rates) == \
         ("resnet50", 8, (1, 2, 1), (12, 24, 36))
     assert (loaded.head_conv, loaded.aux_head, loaded.image_pooling, loaded.preprocessing) == \
