@@ -35,6 +35,16 @@ def test_subcommand_help_prints_its_options():
         assert option in result.stdout
 
 
+def test_analyze_rates_runs_through_the_deeplab_command(tmp_path):
+    """The installed command end to end: the table, the suggestion and the PNG (values: tests/test_analysis.py)."""
+    plot = tmp_path / "rates.png"
+    result = run_deeplab("analyze-rates", "--crop-size", "513", "--output-stride", "8", "--rates", "1-64",
+                         "--plot", str(plot))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "65x65 feature map" in result.stdout and "suggested largest rate: 36" in result.stdout
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
 def test_unknown_subcommand_fails_and_names_the_choices():
     result = run_deeplab("segment")
     assert result.returncode == 2

@@ -201,6 +201,20 @@ def test_resnet50_parameter_count_equals_torchvision():
     assert trainable_count(model) == 42_004_074  # torchvision's published deeplabv3_resnet50 num_params
 
 
+def test_number_of_classes_comes_from_the_state_dict():
+    """A 5-class torchvision state dict (main and aux classifiers) gives a 5-class model carrying its weights."""
+    keys = [(key, (5,) + shape[1:] if key.startswith(("classifier.4.", "aux_classifier.4.")) else shape)
+            for key, shape in torchvision_keys() + aux_head_keys()]
+    state = deterministic_state(keys)
+    model = from_torchvision(state)
+    assert model.num_classes == 5 and model.aux_head
+    outputs = model(np.zeros((1, 33, 33, 3), "float32"))
+    assert outputs["out"].shape == outputs["aux"].shape == (1, 33, 33, 5)
+    np.testing.assert_array_equal(model.get_layer("logits_conv").bias.numpy(), state["classifier.4.bias"])
+    np.testing.assert_array_equal(model.get_layer("aux_logits_conv").kernel.numpy()[0, 0],
+                                  state["aux_classifier.4.weight"][:, :, 0, 0].T)
+
+
 def test_resnet101_state_dict_converts_with_torchvision_parameter_count():
     # torchvision's ResNet-101 differs from ResNet-50 only in having 23 units in layer3 (units 1.. alike).
     keys = []
