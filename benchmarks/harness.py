@@ -314,10 +314,11 @@ def case_specs(args, state_path, *, workload, our_variants, peer_variants, paper
     specs = []
     if args.suite == "peer":
         for name in filter(None, args.peers.split(",")):
+            peer_kwargs = dict(peer_variants[name])
             specs.append({"name": name, "factory": f"cases:Torch{workload}", "role": "peer",
-                          "backbone": args.backbone, "output_stride": 8,
+                          "env": peer_kwargs.pop("env", {}), "backbone": args.backbone, "output_stride": 8,
                           "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
-                                     **peer_variants[name]}})
+                                     **peer_kwargs}})
         if not specs:
             raise SystemExit("the peer suite needs at least one peer variant (--peers)")
         for name in filter(None, args.ours.split(",")):

@@ -35,8 +35,13 @@ OUR_VARIANTS = {
     "ours_dynamic": ({"dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+    # TF's default CPU allocator (malloc per tensor) instead of the pool `import keras_deeplab` selects
+    "ours_malloc": ({}, {"atrous_implementation": "auto"}, {"TF_CPU_ALLOCATOR_USE_BFC": "false"}),
 }
-PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True}}
+# Peer variants: TorchInference/TorchTrainStep kwargs, and "env" for the worker's environment. torchvision_thp:
+# torch's CPU allocations on transparent huge pages (its allocator lever against page faults).
+PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True},
+                 "torchvision_thp": {"channels_last": False, "env": {"THP_MEM_ALLOC_ENABLE": "1"}}}
 PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch", "matmul_numpy": "numpy"}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
                 "paper_r101_os16_folded": {"backbone": "resnet101", "output_stride": 16,
