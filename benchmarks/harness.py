@@ -151,13 +151,21 @@ class Worker:
             self.process.kill()
 
 
-def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None):
+def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, one_at_a_time=False):
     """Starts one worker per spec ({"name", "factory", "kwargs", "env"}) in order, calling
     `after_start(spec, worker)` after each start and `on_ready(workers)` once all run (checks); then
-    alternates them (see `run_alternating`) and stops them.
+    alternates them (see `run_alternating`) and stops them. `one_at_a_time`: for cases that do not fit in
+    memory together, each case runs alone (start, warm-up, runs, stop), one after another; no `on_ready`.
 
     Returns (times, metas with "peak_rss_mb", whatever `on_ready` returned).
     """
+    if one_at_a_time:
+        times, metas = {}, {}
+        for spec in specs:
+            case_times, case_metas, _ = run_cases([spec], repeats, warmup, threads, after_start)
+            times.update(case_times)
+            metas.update(case_metas)
+        return times, metas, None
     workers = []
     try:
         for spec in specs:

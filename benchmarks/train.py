@@ -57,6 +57,10 @@ def parse_args(argv):
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
     parser.add_argument("--paper-models", default="paper_r101_os16,mobilenet_v2_os16",
                         help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run each case alone, one after another, for cases that do not fit in memory "
+                             "together (crop 513, batch 8 on 24 GiB); the per-round ratios then pair runs "
+                             "that were not adjacent in time")
     return parser.parse_args(argv)
 
 
@@ -68,7 +72,8 @@ def case_specs(args, state_path):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     context = {"record": "context", "benchmark": "train", "suite": args.suite, "input_size": args.size,
-               "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
+               "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
+               "one_at_a_time": args.one_at_a_time, **machine_info(args.threads)}
     emit(context)
     with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
         state_path = os.path.join(folder, "torchvision_state.npz")
@@ -78,7 +83,8 @@ def main(argv=None):
             if spec["role"] == "peer" and not os.path.exists(state_path):
                 worker.call("save_state", state_path)
 
-        times, metas, _ = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=write_weights)
+        times, metas, _ = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=write_weights,
+                                    one_at_a_time=args.one_at_a_time)
     context["load_average_at_end"] = os.getloadavg()
     records = []
     for spec in specs:
@@ -101,7 +107,8 @@ def main(argv=None):
     print()
     print(f"Training step ({args.suite} suite), crop {args.size}, batch {args.batch}, {args.threads} threads, "
           f"{context['cpu']} ({context['cores']} cores), load average {context['load_average_1_5_15'][0]:.1f} "
-          f"at start, {context['load_average_at_end'][0]:.1f} at end; {args.repeats} alternating steps after "
+          f"at start, {context['load_average_at_end'][0]:.1f} at end; {args.repeats} "
+          f"{'steps of each case alone, one case after another,' if args.one_at_a_time else 'alternating steps'} after "
           f"{args.warmup} warm-up; {context['date']}")
     print()
     print(markdown_table(records, [
