@@ -21,6 +21,11 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 PAUSE_BETWEEN_RUNS_S = 0.3  # lets the previous worker's spinning OpenMP threads go to sleep
 
+# Peer variants of train.py and inference.py: TorchInference/TorchTrainStep kwargs, and "env" for the worker's
+# environment. torchvision_thp: torch's CPU allocations on transparent huge pages (its lever against page faults).
+PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True},
+                 "torchvision_thp": {"channels_last": False, "env": {"THP_MEM_ALLOC_ENABLE": "1"}}}
+
 
 def thread_environment(threads):
     """Environment variables that pin TF, torch, OpenMP and MKL to `threads` threads."""

@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 
 from harness import (case_specs as harness_case_specs, case_statistics, emit, log, machine_info, markdown_table,
-                     pair_statistics, run_cases)
+                     pair_statistics, run_cases, PEER_VARIANTS)
 
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -38,10 +38,6 @@ OUR_VARIANTS = {
     # TF's default CPU allocator (malloc per tensor) instead of the pool `import keras_deeplab` selects
     "ours_malloc": ({}, {"atrous_implementation": "auto"}, {"TF_CPU_ALLOCATOR_USE_BFC": "false"}),
 }
-# Peer variants: TorchInference/TorchTrainStep kwargs, and "env" for the worker's environment. torchvision_thp:
-# torch's CPU allocations on transparent huge pages (its allocator lever against page faults).
-PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True},
-                 "torchvision_thp": {"channels_last": False, "env": {"THP_MEM_ALLOC_ENABLE": "1"}}}
 PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch", "matmul_numpy": "numpy"}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
                 "paper_r101_os16_folded": {"backbone": "resnet101", "output_stride": 16,

@@ -16,7 +16,7 @@ import sys
 import tempfile
 
 from harness import (case_specs as harness_case_specs, case_statistics, emit, machine_info, markdown_table,
-                     pair_statistics, run_cases)
+                     pair_statistics, run_cases, PEER_VARIANTS)
 
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -33,10 +33,6 @@ OUR_VARIANTS = {
     "ours_malloc": ({}, {"atrous_implementation": "auto"}, {"TF_CPU_ALLOCATOR_USE_BFC": "false"}),
     "ours_inter_op_1": ({}, {"atrous_implementation": "auto"}, {"BENCH_TF_INTER_OP_THREADS": "1"}),
 }
-# Peer variants: TorchInference/TorchTrainStep kwargs, and "env" for the worker's environment. torchvision_thp:
-# torch's CPU allocations on transparent huge pages (its allocator lever against page faults).
-PEER_VARIANTS = {"torchvision": {"channels_last": False}, "torchvision_cl": {"channels_last": True},
-                 "torchvision_thp": {"channels_last": False, "env": {"THP_MEM_ALLOC_ENABLE": "1"}}}
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
                 "paper_r50_os16": {"backbone": "resnet50", "output_stride": 16},
                 "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16}}

@@ -48,10 +48,10 @@ def test_import_pools_cpu_memory_and_the_users_choice_wins():
 
 @pytest.mark.parametrize("physical_gib, expected_limit", [(16, None), (256, str(256 * 1024))])
 def test_pool_limit_is_physical_memory_above_tfs_64_gib(monkeypatch, physical_gib, expected_limit):
-    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
-    monkeypatch.delenv("TF_CPU_BFC_MEM_LIMIT_IN_MB", raising=False)
+    environ = {}  # stands in for os.environ, so nothing the function sets outlives the test
+    monkeypatch.setattr(allocator.os, "environ", environ)
     pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": physical_gib * (1 << 30) // 4096}
     monkeypatch.setattr(allocator.os, "sysconf", pages.__getitem__)
     allocator.use_pooled_cpu_allocator()
-    assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
-    assert os.environ.get("TF_CPU_BFC_MEM_LIMIT_IN_MB") == expected_limit
+    assert environ["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    assert environ.get("TF_CPU_BFC_MEM_LIMIT_IN_MB") == expected_limit
