@@ -190,12 +190,22 @@ def _tf():
     return tf
 
 
+def _split_wide_convs(enabled):
+    """With `enabled` False, `layers.Conv2D` computes all its output channels in one kernel (in this worker
+    process: the setting is read when the model is traced)."""
+    if not enabled:
+        from keras_deeplab.layers import Conv2D
+
+        Conv2D.MAX_OUTPUT_CHANNELS = None
+
+
 def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,
-                                keras_bn=False):
+                                keras_bn=False, split_wide_convs=True):
     """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
     default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`.
     `atrous_variant`: a prototype AtrousConv2D from atrous_variants.py, or None for the library's;
-    `keras_bn`: BatchNorm through Keras' unfused training ops, as before the library's fused one (keras_bn.py)."""
+    `keras_bn`: BatchNorm through Keras' unfused training ops, as before the library's fused one (keras_bn.py);
+    `split_wide_convs=False`: every output channel of a conv at once, as before `layers.Conv2D`."""
     _tf()
     from atrous_variants import patched
     from keras_bn import use_keras_batch_norm
@@ -209,6 +219,7 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
         config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
     if keras_bn:
         use_keras_batch_norm()
+    _split_wide_convs(split_wide_convs)
     with patched(atrous_variant):
         model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
                           preprocessing="torch", atrous_implementation=atrous_implementation, **config)
@@ -217,9 +228,10 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
 
 
 def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
-                keras_bn=False):
+                keras_bn=False, split_wide_convs=True):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
-    randomly initialised (seeded); `atrous_variant` and `keras_bn` as for `torchvision_structure_model`."""
+    randomly initialised (seeded); `atrous_variant`, `keras_bn` and `split_wide_convs` as for
+    `torchvision_structure_model`."""
     _tf()
     import keras
 
@@ -230,6 +242,7 @@ def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="a
     keras.utils.set_random_seed(0)
     if keras_bn:
         use_keras_batch_norm()
+    _split_wide_convs(split_wide_convs)
     with patched(atrous_variant):
         return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
                          atrous_implementation=atrous_implementation)

@@ -27,6 +27,7 @@ from harness import (case_specs as harness_case_specs, case_statistics, emit, lo
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_folded": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
+    "ours_folded_unsplit": ({"fold_bn": True}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),

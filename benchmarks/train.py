@@ -21,6 +21,7 @@ from harness import (case_specs as harness_case_specs, case_statistics, emit, ma
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
+    "ours_unsplit": ({}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),

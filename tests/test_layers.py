@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization, ImagePreprocessing, ResizeLike
+from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization, Conv2D, ImagePreprocessing, ResizeLike
 
 RNG = np.random.default_rng(0)
 
@@ -126,6 +126,48 @@ def numpy_conv_same(x, kernel, rate):
             window = padded[:, i * rate:i * rate + height, j * rate:j * rate + width]
             out += window @ kernel[i, j]
     return out
+
+
+def split_conv_and_reference(filters, use_bias, **kwargs):
+    """A library Conv2D and a Keras Conv2D holding the same random weights."""
+    ours, reference = Conv2D(filters, use_bias=use_bias, **kwargs), keras.layers.Conv2D(filters, use_bias=use_bias,
+                                                                                        **kwargs)
+    for layer in (ours, reference):
+        layer.build((None, None, None, 5))
+    weights = [RNG.normal(size=w.shape).astype("float32") for w in ours.weights]
+    ours.set_weights(weights)
+    reference.set_weights(weights)
+    return ours, reference
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv2d_splits_wide_outputs_and_equals_keras(monkeypatch, use_bias):
+    """10 output channels over a limit of 4: three parts (4, 4, 2), outputs and gradients as Keras' Conv2D."""
+    monkeypatch.setattr(Conv2D, "MAX_OUTPUT_CHANNELS", 4)
+    ours, reference = split_conv_and_reference(10, use_bias, kernel_size=3, strides=2, padding="same",
+                                               activation="relu")
+    x = tf.constant(random_images((2, 9, 11, 5)))
+    graph = tf.function(ours).get_concrete_function(tf.TensorSpec([None, 9, 11, 5])).graph
+    assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 3
+    upstream = tf.constant(RNG.normal(size=(2, 5, 6, 10)).astype("float32"))
+
+    def outputs_and_gradients(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * upstream)
+        return [y, *tape.gradient(loss, [x] + [w.value for w in layer.weights])]
+
+    for got, want in zip(outputs_and_gradients(ours), outputs_and_gradients(reference)):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+
+
+def test_conv2d_within_the_limit_is_keras_conv2d():
+    ours, reference = split_conv_and_reference(Conv2D.MAX_OUTPUT_CHANNELS, True, kernel_size=1)
+    graph = tf.function(ours).get_concrete_function(tf.TensorSpec([1, 4, 4, 5])).graph
+    assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 1
+    x = random_images((1, 4, 4, 5))
+    np.testing.assert_array_equal(ours(x), reference(x))
 
 
 def randomize_batchnorm(bn):
@@ -305,6 +347,14 @@ def test_atrous_conv_config_roundtrip(implementation):
     layer, _ = atrous_and_reference((2, 3), implementation=implementation)
     clone = serialize_roundtrip(layer, (None, None, None, 5))
     assert clone.dilation_rate == (2, 3) and clone.implementation == implementation
+    x = random_images((1, 9, 11, 5))
+    np.testing.assert_array_equal(clone(x), layer(x))
+
+
+def test_conv2d_config_roundtrip():
+    layer, _ = split_conv_and_reference(6, True, kernel_size=3, strides=2, name="conv")
+    clone = serialize_roundtrip(layer, (None, None, None, 5))
+    assert type(clone) is Conv2D and clone.strides == (2, 2)
     x = random_images((1, 9, 11, 5))
     np.testing.assert_array_equal(clone(x), layer(x))
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from helpers.models import RNG, random_images, randomize_weights
 from keras_deeplab import DeepLabV3
-from keras_deeplab.layers import AtrousConv2D, BatchNormalization
+from keras_deeplab.layers import AtrousConv2D, BatchNormalization, Conv2D
 
 SMALL = {"backbone": "mobilenet_v2", "aspp_filters": 16}
 
@@ -294,6 +294,8 @@ def test_gradients_reach_every_trainable_weight(backbone, n_bn_fed_biases):
     assert len(grads) == len(model.trainable_variables) > 0
     batch_norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
     assert batch_norms and all(isinstance(bn, BatchNormalization) for bn in batch_norms)  # the fused one
+    if backbone.startswith("resnet"):  # 2048-channel convs computed in parts (layers.Conv2D)
+        assert type(model.get_layer("conv5_block1_0_conv")) is Conv2D
     missing = [path for path, g in grads.items() if g is None]
     assert not missing, f"no gradient: {missing}"
     bn_fed = conv_biases_feeding_batchnorm(model)

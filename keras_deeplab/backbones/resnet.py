@@ -9,7 +9,7 @@ Two layouts share one builder:
 """
 import keras
 
-from keras_deeplab.layers import AtrousConv2D, BatchNormalization
+from keras_deeplab.layers import AtrousConv2D, BatchNormalization, Conv2D
 
 STAGE_UNITS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 STAGE_FILTERS = (64, 128, 256, 512)
@@ -52,7 +52,7 @@ def resnet_features(images, *, depth=101, variant="v1", output_stride=16, multi_
     layers = keras.layers
 
     def conv(filters, kernel, name, strides=1):
-        return layers.Conv2D(filters, kernel, strides=strides, use_bias=spec["use_bias"], name=name)
+        return Conv2D(filters, kernel, strides=strides, use_bias=spec["use_bias"], name=name)
 
     def bn(name):
         return BatchNormalization(epsilon=spec["bn_epsilon"], momentum=bn_momentum, synchronized=synchronized_bn,
