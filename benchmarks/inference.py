@@ -28,6 +28,8 @@ OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_folded": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
     "ours_folded_unsplit": ({"fold_bn": True}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
+    "ours_folded_inter_op_1": ({"fold_bn": True}, {"atrous_implementation": "auto"},
+                               {"BENCH_TF_INTER_OP_THREADS": "1"}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),

@@ -3,9 +3,10 @@
     python benchmarks/layer_timing.py --size 65 --batch 2 --repeats 5
 
 Atrous 3x3 convolutions at the R50 OS8 shapes (backbone rates 2 and 4, ASPP rates 12/24/36) in each form of
-`atrous_variants.py` plus the library's "auto" and Keras' native dilated conv; and 1x1 convolutions as `Conv2D`
-vs a MatMul (AtrousConv2D's shifted path with one tap). One process, 2 threads by default, forms alternating
-within each round. Prints a JSON line per measurement and a Markdown table (median ms).
+`atrous_variants.py` plus the library's "auto" and Keras' native dilated conv; and 1x1 convolutions as Keras'
+`Conv2D`, the library's `Conv2D` (wide outputs in parts) and a MatMul (AtrousConv2D's shifted path, one tap).
+One process, 2 threads by default, forms alternating within each round. Prints a JSON line per measurement and
+a Markdown table (median ms).
 """
 import argparse
 import json
@@ -17,7 +18,7 @@ import time
 from harness import machine_info
 
 ATROUS_CASES = [(256, 256, 2), (512, 512, 4), (2048, 256, 12), (2048, 256, 24), (2048, 256, 36)]
-POINTWISE_CASES = [(1024, 256), (256, 1024), (2048, 512), (512, 2048), (1024, 2048)]
+POINTWISE_CASES = [(1024, 256), (256, 1024), (2048, 512), (512, 2048), (1024, 2048), (512, 1024)]
 
 
 def atrous_forms(trim_ratios=()):
@@ -38,9 +39,10 @@ def atrous_forms(trim_ratios=()):
 def pointwise_forms():
     import keras
 
-    from keras_deeplab.layers import AtrousConv2D
+    from keras_deeplab.layers import AtrousConv2D, Conv2D
 
     return {"conv2d": lambda f: keras.layers.Conv2D(f, 1, use_bias=False),
+            "library_conv2d": lambda f: Conv2D(f, 1, use_bias=False),
             "matmul": lambda f: AtrousConv2D(f, 1, use_bias=False, implementation="shifted")}
 
 
@@ -91,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--forms", default="", help="comma-separated atrous forms to time (default: all)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_deeplab  # noqa: F401  (first: it selects TF's pooled CPU allocator, as for users)
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
