@@ -131,8 +131,8 @@ def _add_bias(x, bias):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that computes more than MAX_OUTPUT_CHANNELS output channels in equal parts,
-    concatenated: the same kernel variable and the same result (each output channel is its own dot product).
+    """`keras.layers.Conv2D` that computes more than MAX_OUTPUT_CHANNELS output channels in parts of at most that
+    many, concatenated: the same kernel variable and the same result (each output channel is its own dot product).
 
     On the CPU measured in `benchmarks/`, TF's oneDNN kernel for 2048 output channels (ResNet's last-stage 1x1
     convolutions) runs at about 110 GFLOP/s forward, two halves of 1024 at about 145 including the concat; the
@@ -143,7 +143,7 @@ class Conv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         limit = self.MAX_OUTPUT_CHANNELS
-        if limit is None or self.filters <= limit or self.data_format != "channels_last":
+        if limit is None or self.filters <= limit or self.groups != 1 or self.data_format != "channels_last":
             return super().call(inputs)
         parts = -(-self.filters // limit)
         size = -(-self.filters // parts)

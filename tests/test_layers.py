@@ -130,8 +130,8 @@ def numpy_conv_same(x, kernel, rate):
 
 def split_conv_and_reference(filters, use_bias, **kwargs):
     """A library Conv2D and a Keras Conv2D holding the same random weights."""
-    ours, reference = Conv2D(filters, use_bias=use_bias, **kwargs), keras.layers.Conv2D(filters, use_bias=use_bias,
-                                                                                        **kwargs)
+    ours = Conv2D(filters, use_bias=use_bias, **kwargs)
+    reference = keras.layers.Conv2D(filters, use_bias=use_bias, **kwargs)
     for layer in (ours, reference):
         layer.build((None, None, None, 5))
     weights = [RNG.normal(size=w.shape).astype("float32") for w in ours.weights]
@@ -166,6 +166,18 @@ def test_conv2d_within_the_limit_is_keras_conv2d():
     ours, reference = split_conv_and_reference(Conv2D.MAX_OUTPUT_CHANNELS, True, kernel_size=1)
     graph = tf.function(ours).get_concrete_function(tf.TensorSpec([1, 4, 4, 5])).graph
     assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 1
+    x = random_images((1, 4, 4, 5))
+    np.testing.assert_array_equal(ours(x), reference(x))
+
+
+def test_conv2d_does_not_split_grouped_convolutions(monkeypatch):
+    """Parts of the output channels would regroup the inputs, so grouped convolutions stay whole."""
+    monkeypatch.setattr(Conv2D, "MAX_OUTPUT_CHANNELS", 4)
+    ours = Conv2D(10, 1, groups=5)
+    reference = keras.layers.Conv2D(10, 1, groups=5)
+    for layer in (ours, reference):
+        layer.build((None, None, None, 5))
+    reference.set_weights(ours.get_weights())
     x = random_images((1, 4, 4, 5))
     np.testing.assert_array_equal(ours(x), reference(x))
 
