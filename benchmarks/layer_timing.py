@@ -87,7 +87,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--atrous-cases", default=",".join(f"{i}:{o}:{r}" for i, o, r in ATROUS_CASES),
                         help="comma-separated in:out:rate atrous layers")
-    parser.add_argument("--no-pointwise", action="store_true", help="skip the 1x1 convolution cases")
+    parser.add_argument("--pointwise-cases", default=",".join(f"{i}:{o}" for i, o in POINTWISE_CASES),
+                        help="comma-separated in:out 1x1 convolutions ('' for none)")
     parser.add_argument("--trim-ratios", default="",
                         help="comma-separated AtrousConv2D.COLUMN_TRIM_RATIOs to time beside the library's")
     parser.add_argument("--forms", default="", help="comma-separated atrous forms to time (default: all)")
@@ -102,8 +103,7 @@ def main(argv=None):
                       "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
     rows = []
     cases = [("atrous", *map(int, case.split(":"))) for case in args.atrous_cases.split(",") if case]
-    if not args.no_pointwise:
-        cases += [("pointwise", cin, cout, None) for cin, cout in POINTWISE_CASES]
+    cases += [("pointwise", *map(int, case.split(":")), None) for case in args.pointwise_cases.split(",") if case]
     trim_ratios = [int(r) for r in args.trim_ratios.split(",") if r]
     for kind, cin, cout, rate in cases:
         x = tf.random.normal([args.batch, args.size, args.size, cin], seed=0)
