@@ -62,8 +62,8 @@ def main(argv=None):
     rows = []
     for layer, x in zip(timed, inputs_of.predict(images, verbose=0)):
         wrapper = keras.Sequential([keras.Input(x.shape[1:]), layer])
-        ms = median_ms(tf.function(lambda x, layer=layer: layer(x, training=False) if isinstance(layer, ASPP)
-                                   else layer(x)), tf.constant(x), args.repeats)
+        # Keras passes `training` on only to layers whose call takes it (ASPP; the convolutions drop it)
+        ms = median_ms(tf.function(lambda x, layer=layer: layer(x, training=False)), tf.constant(x), args.repeats)
         macs = keras_macs(wrapper, x.shape)
         row = {"record": "measurement", "benchmark": "layer_survey", "layer": layer.name,
                "kind": type(layer).__name__, "input": list(x.shape[1:]),
