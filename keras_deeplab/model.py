@@ -2,7 +2,7 @@
 import keras
 
 from keras_deeplab.backbones import get_backbone
-from keras_deeplab.layers import ASPP, PACKAGE, BatchNormalization, ImagePreprocessing, ResizeLike
+from keras_deeplab.layers import ASPP, PACKAGE, AtrousConv2D, BatchNormalization, ImagePreprocessing, ResizeLike
 
 PAPER_ATROUS_RATES = (6, 12, 18)  # at output stride 16
 
@@ -37,7 +37,8 @@ class DeepLabV3(keras.Model):
             not saved in the config: a saved model carries its weights).
         bn_momentum: BatchNorm moving-average decay (the paper's 0.9997).
         synchronized_bn: synchronize BatchNorm statistics across replicas.
-        atrous_implementation: "auto", "shifted" or "native" (see `layers.AtrousConv2D`).
+        atrous_implementation: how the 3x3 convolutions run: "auto", "shifted", "native" or "winograd" (see
+            `layers.AtrousConv2D`).
         input_shape: input shape without batch, (None, None, 3) by default.
     """
 
@@ -69,14 +70,16 @@ class DeepLabV3(keras.Model):
                  name="aspp")(features["block4"])
         bn_args = {"momentum": bn_momentum, "epsilon": 1e-5, "synchronized": synchronized_bn}
         if head_conv:
-            x = layers.Conv2D(aspp_filters, 3, padding="same", use_bias=False, name="head_conv")(x)
+            x = AtrousConv2D(aspp_filters, 3, use_bias=False, implementation=atrous_implementation,
+                             name="head_conv")(x)
             x = layers.Activation("relu", name="head_relu")(BatchNormalization(name="head_bn", **bn_args)(x))
         x = layers.Conv2D(num_classes, 1, name="logits_conv")(x)
         logits = ResizeLike(dtype="float32", name="logits")([x, images])
         outputs = logits
         if aux_head:
             y = features["block3"]
-            y = layers.Conv2D(y.shape[-1] // 4, 3, padding="same", use_bias=False, name="aux_conv")(y)
+            y = AtrousConv2D(y.shape[-1] // 4, 3, use_bias=False, implementation=atrous_implementation,
+                             name="aux_conv")(y)
             y = layers.Activation("relu", name="aux_relu")(BatchNormalization(name="aux_bn", **bn_args)(y))
             y = layers.Dropout(0.1, name="aux_dropout")(y)
             y = layers.Conv2D(num_classes, 1, name="aux_logits_conv")(y)

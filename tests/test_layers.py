@@ -114,6 +114,73 @@ def test_atrous_conv_rejects_even_kernel_and_unknown_implementation():
         AtrousConv2D(4, 3, implementation="fast")
 
 
+# Sizes with and without leftover strips (4 * rate does not divide them), and too small for one tile.
+WINOGRAD_CASES = [(1, (16, 16)), (1, (13, 18)), (2, (17, 21)), (4, (33, 16)), ((2, 3), (19, 25)), (2, (5, 7))]
+
+
+@pytest.mark.parametrize("rate,size", WINOGRAD_CASES)
+def test_winograd_conv_equals_keras_dilated_conv(rate, size):
+    atrous, reference = atrous_and_reference(rate, in_channels=6, filters=7, implementation="winograd")
+    x = random_images((2, *size, 6))
+    want = np.asarray(reference(x))
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(atrous(x), want, atol=1e-5 * scale)
+    run = tf.function(atrous, input_signature=[tf.TensorSpec([None, None, None, 6], tf.float32)])
+    np.testing.assert_allclose(run(x), want, atol=1e-5 * scale)
+
+
+def test_winograd_conv_float32_error_against_float64():
+    """Winograd trades multiplications for rounding: on 256 channels its largest error against a float64
+    reference stays within 25x the direct float32 convolution's (measured 16-20x; the usual points +-2 in place
+    of WINOGRAD_POINTS' 1/2 and -2 give 41-49x)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 33, 33, 256))
+    kernel = rng.normal(size=(3, 3, 256, 256)) / np.sqrt(9 * 256)
+    exact = numpy_conv_same(x, kernel, 2)
+    layer = AtrousConv2D(256, 3, dilation_rate=2, use_bias=False, implementation="winograd")
+    layer.build(x.shape)
+    layer.set_weights([kernel.astype("float32")])
+    direct_error = np.abs(np.asarray(tf.nn.conv2d(x.astype("float32"), kernel.astype("float32"), 1, "SAME",
+                                                  dilations=2)) - exact).max()
+    winograd_error = np.abs(np.asarray(layer(x.astype("float32"))) - exact).max()
+    assert winograd_error < 25 * direct_error, (winograd_error, direct_error)
+
+
+def test_winograd_conv_gradients_equal_keras():
+    atrous, reference = atrous_and_reference(2, implementation="winograd")
+    x = tf.constant(random_images((2, 17, 19, 5)))
+    upstream = tf.constant(RNG.normal(size=(2, 17, 19, 4)).astype("float32"))
+    results = []
+    for layer in (atrous, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x) * upstream)
+        results.append(tape.gradient(loss, [x, layer.kernel.value, layer.bias.value]))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("channels,rate,size,training,winograd", [
+    (256, 2, 9, False, True),        # inference on a wide 3x3 layer
+    (256, 2, 9, True, False),        # training keeps the direct forms (their gradients are the fast ones)
+    (255, 2, 9, False, False),       # narrower than WINOGRAD_MIN_CHANNELS
+    (256, 6, 25, False, False),      # rate above WINOGRAD_MAX_RATE (ASPP)
+    (256, 2, 7, False, False),       # map smaller than one tile
+    (256, 2, None, False, True),     # unknown size (the exported serving graph)
+])
+def test_atrous_conv_auto_takes_winograd_for_wide_layers_in_inference(channels, rate, size, training, winograd):
+    layer = AtrousConv2D(256, 3, dilation_rate=rate)
+    layer.build((None, None, None, channels))
+    graph = tf.function(lambda x: layer(x, training=training)).get_concrete_function(
+        tf.TensorSpec([1, size, size, channels])).graph
+    assert ("GatherV2" in {op.type for op in graph.get_operations()}) == winograd
+
+
+def test_atrous_conv_winograd_needs_a_3x3_kernel():
+    with pytest.raises(ValueError, match="3x3"):
+        AtrousConv2D(4, 5, implementation="winograd")
+
+
 def numpy_conv_same(x, kernel, rate):
     """Stride-1 'same' convolution with dilation `rate` by explicit loops over taps (NHWC, HWIO)."""
     kh, kw = kernel.shape[:2]
@@ -354,7 +421,7 @@ def test_resize_like_config_roundtrip():
     np.testing.assert_array_equal(clone(inputs), layer(inputs))
 
 
-@pytest.mark.parametrize("implementation", ["auto", "shifted", "native"])
+@pytest.mark.parametrize("implementation", AtrousConv2D.IMPLEMENTATIONS)
 def test_atrous_conv_config_roundtrip(implementation):
     layer, _ = atrous_and_reference((2, 3), implementation=implementation)
     clone = serialize_roundtrip(layer, (None, None, None, 5))
