@@ -190,22 +190,26 @@ def _tf():
     return tf
 
 
-def _split_wide_convs(enabled):
-    """With `enabled` False, `layers.Conv2D` computes all its output channels in one kernel (in this worker
-    process: the setting is read when the model is traced)."""
-    if not enabled:
-        from keras_deeplab.layers import Conv2D
+def _library_switches(split_wide_convs, winograd):
+    """For this worker process (the settings are read when the model is traced): `split_wide_convs` False makes
+    `layers.Conv2D` compute all its output channels in one kernel; `winograd` False keeps `layers.AtrousConv2D`'s
+    "auto" on the direct forms in inference too."""
+    from keras_deeplab.layers import AtrousConv2D, Conv2D
 
+    if not split_wide_convs:
         Conv2D.MAX_OUTPUT_CHANNELS = None
+    if not winograd:
+        AtrousConv2D.WINOGRAD_MAX_RATE = 0
 
 
 def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,
-                                keras_bn=False, split_wide_convs=True):
+                                keras_bn=False, split_wide_convs=True, winograd=True):
     """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
     default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`.
     `atrous_variant`: a prototype AtrousConv2D from atrous_variants.py, or None for the library's;
     `keras_bn`: BatchNorm through Keras' unfused training ops, as before the library's fused one (keras_bn.py);
-    `split_wide_convs=False`: every output channel of a conv at once, as before `layers.Conv2D`."""
+    `split_wide_convs=False`: every output channel of a conv at once, as before `layers.Conv2D`;
+    `winograd=False`: the 3x3 convolutions in their direct forms, as before Winograd in `layers.AtrousConv2D`."""
     _tf()
     from atrous_variants import patched
     from keras_bn import use_keras_batch_norm
@@ -219,7 +223,7 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
         config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
     if keras_bn:
         use_keras_batch_norm()
-    _split_wide_convs(split_wide_convs)
+    _library_switches(split_wide_convs, winograd)
     with patched(atrous_variant):
         model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
                           preprocessing="torch", atrous_implementation=atrous_implementation, **config)
@@ -228,9 +232,9 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
 
 
 def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
-                keras_bn=False, split_wide_convs=True):
+                keras_bn=False, split_wide_convs=True, winograd=True):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
-    randomly initialised (seeded); `atrous_variant`, `keras_bn` and `split_wide_convs` as for
+    randomly initialised (seeded); `atrous_variant`, `keras_bn`, `split_wide_convs` and `winograd` as for
     `torchvision_structure_model`."""
     _tf()
     import keras
@@ -242,7 +246,7 @@ def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="a
     keras.utils.set_random_seed(0)
     if keras_bn:
         use_keras_batch_norm()
-    _split_wide_convs(split_wide_convs)
+    _library_switches(split_wide_convs, winograd)
     with patched(atrous_variant):
         return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
                          atrous_implementation=atrous_implementation)

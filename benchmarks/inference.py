@@ -28,6 +28,8 @@ OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_folded": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
     "ours_folded_unsplit": ({"fold_bn": True}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
+    "ours_folded_direct": ({"fold_bn": True}, {"atrous_implementation": "auto", "winograd": False}, {}),
+    "ours_folded_dynamic": ({"fold_bn": True, "dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
     "ours_folded_inter_op_1": ({"fold_bn": True}, {"atrous_implementation": "auto"},
                                {"BENCH_TF_INTER_OP_THREADS": "1"}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
@@ -36,6 +38,7 @@ OUR_VARIANTS = {
     "ours_per_tap": ({}, {"atrous_variant": "per_tap"}, {}),
     "ours_tf_dilated": ({}, {"atrous_variant": "tf_dilated"}, {}),
     "ours_dynamic": ({"dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
+    "ours_direct": ({}, {"atrous_implementation": "auto", "winograd": False}, {}),
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
     # TF's default CPU allocator (malloc per tensor) instead of the pool `import keras_deeplab` selects
@@ -45,6 +48,8 @@ PEAK_CASES = {"matmul_tf": "tensorflow", "matmul_torch": "torch", "matmul_numpy"
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},
                 "paper_r101_os16_folded": {"backbone": "resnet101", "output_stride": 16,
                                            "case_kwargs": {"fold_bn": True}},
+                "paper_r101_os16_folded_direct": {"backbone": "resnet101", "output_stride": 16, "winograd": False,
+                                                  "case_kwargs": {"fold_bn": True}},
                 "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16},
                 "mobilenet_v2_os16_folded": {"backbone": "mobilenet_v2", "output_stride": 16,
                                              "case_kwargs": {"fold_bn": True}}}

@@ -4,6 +4,7 @@ network, with its nominal GFLOP/s; their sum against the whole forward.
 
     python benchmarks/layer_survey.py --size 513 --repeats 5
     python benchmarks/layer_survey.py --size 513 --repeats 5 --unsplit   # every conv's outputs in one kernel
+    python benchmarks/layer_survey.py --size 513 --repeats 5 --direct    # no Winograd: 3x3 convs as in training
 
 Random weights (timing does not depend on them). One process, the threads fixed to --threads. Prints one JSON
 line per layer and a summary line, then a Markdown table.
@@ -33,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--unsplit", action="store_true", help="layers.Conv2D.MAX_OUTPUT_CHANNELS = None")
+    parser.add_argument("--direct", action="store_true", help="layers.AtrousConv2D.WINOGRAD_MAX_RATE = 0")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras_deeplab  # noqa: F401  (first: it selects TF's pooled CPU allocator, as for users)
@@ -43,15 +45,17 @@ def main(argv=None):
     from flops import keras_macs
     from keras_deeplab.convert import TORCHVISION_CONFIG
     from keras_deeplab.fold import fold_batch_norm
-    from keras_deeplab.layers import ASPP, Conv2D
+    from keras_deeplab.layers import ASPP, AtrousConv2D, Conv2D
     from keras_deeplab.model import DeepLabV3
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.unsplit:
         Conv2D.MAX_OUTPUT_CHANNELS = None
+    if args.direct:
+        AtrousConv2D.WINOGRAD_MAX_RATE = 0
     print(json.dumps({"record": "context", "benchmark": "layer_survey", "size": args.size, "unsplit": args.unsplit,
-                      "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
+                      "direct": args.direct, "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
     keras.utils.set_random_seed(0)
     model = DeepLabV3(num_classes=21, backbone="resnet50_v1.5", preprocessing="torch", **TORCHVISION_CONFIG)
     served = fold_batch_norm(model)
@@ -62,7 +66,7 @@ def main(argv=None):
     rows = []
     for layer, x in zip(timed, inputs_of.predict(images, verbose=0)):
         wrapper = keras.Sequential([keras.Input(x.shape[1:]), layer])
-        # Keras passes `training` on only to layers whose call takes it (ASPP; the convolutions drop it)
+        # Keras passes `training` on only to layers whose call takes it (ASPP, AtrousConv2D; Conv2D drops it)
         ms = median_ms(tf.function(lambda x, layer=layer: layer(x, training=False)), tf.constant(x), args.repeats)
         macs = keras_macs(wrapper, x.shape)
         row = {"record": "measurement", "benchmark": "layer_survey", "layer": layer.name,

@@ -298,13 +298,14 @@ class AtrousConv2D(keras.layers.Conv2D):
     weights are interchangeable. Measured in `benchmarks/` (README there).
 
     `implementation`: "shifted" (above), "native" (`Conv2D`'s own kernel), "winograd" (3x3 kernels only:
-    F(4x4, 3x3) Winograd, 4x fewer multiplications than the taps, exact up to float rounding that is about 10x the
-    direct convolution's), or "auto": in inference (`training` false), Winograd for 3x3 kernels at rates up to
-    WINOGRAD_MAX_RATE with at least WINOGRAD_MIN_CHANNELS input and output channels in float32, where its GEMMs
-    outweigh the transforms' memory traffic; otherwise native up to rate NATIVE_MAX_RATE, where TF's dilated
-    kernel (SpaceToBatchND, then a dense conv) wastes nothing and is at least as fast forward and backward, and
-    shifted above it (much faster there, and TF's gradient slows with the rate). Training keeps the direct forms:
-    their gradients are the fast ones.
+    F(4x4, 3x3) Winograd, 4x fewer multiplications than the taps, exact up to float rounding 10-20x the direct
+    convolution's), or "auto": in inference (`training` false), Winograd for 3x3 kernels at rates up to
+    WINOGRAD_MAX_RATE with at least WINOGRAD_MIN_CHANNELS input and output channels in float32, where it measured
+    faster (narrower layers spend more on its transforms than they save); otherwise native up to rate
+    NATIVE_MAX_RATE, where TF's dilated kernel (SpaceToBatchND, then a dense conv) wastes nothing and is at least
+    as fast forward and backward, and shifted above it (much faster there, and TF's gradient slows with the
+    rate). Training keeps the direct forms: their gradients are the fast ones. `WINOGRAD_MAX_RATE = 0` keeps
+    "auto" on the direct forms in inference too.
     """
 
     # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
