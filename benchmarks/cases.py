@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+# "cpu" or "gpu", set by the driver (harness.use_device) for every worker
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -41,7 +43,23 @@ def _torch(threads=None):
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
+    if DEVICE == "gpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device gpu, but torch sees no CUDA GPU")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True  # TF autotunes its cuDNN convolutions by default too
     return torch
+
+
+def _torch_device():
+    return "cuda" if DEVICE == "gpu" else "cpu"
+
+
+def _synchronize_torch(torch):
+    """Waits for the GPU's queued work, so that a run's time includes it."""
+    if DEVICE == "gpu":
+        torch.cuda.synchronize()
 
 
 def torchvision_model(backbone="resnet50", seed=0):
@@ -67,14 +85,15 @@ class TorchInference:
     def __init__(self, backbone="resnet50", batch=1, size=513, channels_last=False, seed=0):
         torch = _torch()
         self.torch = torch
-        self.model = torchvision_model(backbone, seed).eval()
+        device = _torch_device()
+        self.model = torchvision_model(backbone, seed).eval().to(device)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous()
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        self.meta = {"framework": "torch", "channels_last": channels_last,
+        self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self.meta = {"framework": "torch", "channels_last": channels_last, "device": device,
                      "parameters": sum(p.numel() for p in self.model.parameters())}
 
     def save_state(self, path):
@@ -89,10 +108,11 @@ class TorchInference:
 
     def run(self):
         self._forward()
+        _synchronize_torch(self.torch)
 
     def output(self):
         """Logits NHWC as numpy (for the equality check)."""
-        return self._forward().permute(0, 2, 3, 1).contiguous().numpy()
+        return self._forward().permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
     def count_macs(self):
         """Multiply-accumulates of one forward pass, counted with hooks on every Conv2d and Linear."""
@@ -121,7 +141,8 @@ class TorchTrainStep:
     def __init__(self, backbone="resnet50", batch=2, size=321, channels_last=False, seed=0):
         torch = _torch()
         self.torch = torch
-        self.model = torchvision_model(backbone, seed).train()
+        device = _torch_device()
+        self.model = torchvision_model(backbone, seed).train().to(device)
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -129,11 +150,11 @@ class TorchTrainStep:
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.images = ((pixels - mean) / std).contiguous(
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        self.labels = torch.from_numpy(random_labels(batch, size)).long()
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format).to(device)
+        self.labels = torch.from_numpy(random_labels(batch, size)).long().to(device)
         self.loss = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_LABEL)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.007, momentum=0.9, weight_decay=1e-4)
-        self.meta = {"framework": "torch", "channels_last": channels_last}
+        self.meta = {"framework": "torch", "channels_last": channels_last, "device": device}
 
     def save_state(self, path):
         return save_state(self.model, path)
@@ -143,6 +164,7 @@ class TorchTrainStep:
         loss = self.loss(self.model(self.images)["out"], self.labels)
         loss.backward()
         self.optimizer.step()
+        _synchronize_torch(self.torch)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -157,10 +179,12 @@ class MatmulPeak:
         self.n = n
         rng = np.random.default_rng(0)
         a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+        self._synchronize = lambda: None
         if framework == "torch":
             torch = _torch()
-            self.a, self.b = torch.from_numpy(a), torch.from_numpy(b)
+            self.a, self.b = (torch.from_numpy(m).to(_torch_device()) for m in (a, b))
             self._matmul = torch.matmul
+            self._synchronize = lambda: _synchronize_torch(torch)
         elif framework == "numpy":
             self.a, self.b = a, b
             self._matmul = np.matmul
@@ -168,11 +192,13 @@ class MatmulPeak:
             tf = _tf()
             self.a, self.b = tf.constant(a), tf.constant(b)
             self._matmul = tf.function(tf.matmul)
-        self._matmul(self.a, self.b)
+            self._synchronize = lambda: _synchronize_tf(tf)
+        self.run()
         self.meta = {"framework": framework, "n": n, "flop": 2 * n ** 3}
 
     def run(self):
         self._matmul(self.a, self.b)
+        self._synchronize()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -187,7 +213,17 @@ def _tf():
         # BENCH_TF_INTER_OP_THREADS: how many ops may run at once (each on up to `threads` threads)
         tf.config.threading.set_inter_op_parallelism_threads(int(os.environ.get("BENCH_TF_INTER_OP_THREADS",
                                                                                 threads)))
+    if DEVICE == "gpu":
+        if not tf.config.list_physical_devices("GPU"):
+            raise RuntimeError("--device gpu, but TensorFlow sees no GPU")
+        tf.config.experimental.enable_tensor_float_32_execution(False)
     return tf
+
+
+def _synchronize_tf(tf):
+    """Waits for the GPU's queued work, so that a run's time includes it."""
+    if DEVICE == "gpu":
+        tf.test.experimental.sync_devices()
 
 
 def _library_switches(split_wide_convs, winograd):
@@ -267,7 +303,7 @@ class KerasInference:
 
     def __init__(self, batch=1, size=513, jit_compile=False, fold_bn=False, dynamic_shape=False,
                  model_kwargs=None):
-        tf = _tf()
+        tf = self.tf = _tf()
         self.model = build_model(**(model_kwargs or {}))
         if fold_bn:
             from keras_deeplab.fold import fold_batch_norm
@@ -286,6 +322,7 @@ class KerasInference:
 
     def run(self):
         self.forward(self.images)
+        _synchronize_tf(self.tf)
 
     def output(self):
         out = self.forward(self.images)
@@ -323,4 +360,4 @@ class KerasTrainStep:
                      "first_step_s": time.perf_counter() - start}
 
     def run(self):
-        self.model.train_on_batch(self.images, self.labels)
+        self.model.train_on_batch(self.images, self.labels)  # returns the loss as a number: waits for a GPU

@@ -35,6 +35,32 @@ def thread_environment(threads):
             "TF_NUM_INTEROP_THREADS": value, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+DEVICES = ("cpu", "gpu")
+
+
+def use_device(device):
+    """Makes this process and the workers it starts measure on `device` (they inherit the environment): "cpu"
+    hides every GPU from TF and torch, so a GPU machine still measures its CPU; "gpu" runs both frameworks on the
+    first GPU in strict float32 (TF32 off on both sides, cases.py)."""
+    if device not in DEVICES:
+        raise SystemExit(f"--device must be one of {DEVICES}, got {device!r}")
+    os.environ["BENCH_DEVICE"] = device
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def gpu_names():
+    """The GPUs nvidia-smi lists (name and memory), or [] without one."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in listing.splitlines() if line.strip()]
+
+
 def peak_rss_mb(pid="self"):
     """Peak resident set size (VmHWM) of a process in MiB, or None if unreadable."""
     try:
@@ -252,7 +278,8 @@ def library_versions():
 
 
 def machine_info(threads):
-    """CPU model, core count, memory, load average and the fixed thread count."""
+    """CPU model, core count, memory, load average, the fixed thread count, and the device measured (with the
+    GPUs' names when it is "gpu")."""
     cpu = platform.processor() or "unknown"
     flags = set()
     try:
@@ -285,6 +312,8 @@ def machine_info(threads):
             "assumed_fp32_peak_gflops": (os.cpu_count() * 32 * mhz / 1000
                                          if mhz and {"avx2", "fma"} <= flags else None),
             "threads": threads, "load_average_1_5_15": os.getloadavg(),
+            "device": os.environ.get("BENCH_DEVICE", "cpu"),
+            "gpus": gpu_names() if os.environ.get("BENCH_DEVICE") == "gpu" else [],
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "versions": library_versions()}
 
 

@@ -20,8 +20,8 @@ import tempfile
 
 import numpy as np
 
-from harness import (case_specs as harness_case_specs, case_statistics, emit, log, machine_info, markdown_table,
-                     pair_statistics, run_cases, PEER_VARIANTS)
+from harness import (DEVICES, use_device, case_specs as harness_case_specs, case_statistics, emit, log, machine_info,
+                     markdown_table, pair_statistics, run_cases, PEER_VARIANTS)
 
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -71,6 +71,8 @@ def parse_args(argv):
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
     parser.add_argument("--paper-models", default=",".join(PAPER_MODELS),
                         help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     return parser.parse_args(argv)
 
@@ -81,12 +83,13 @@ def case_specs(args, state_path):
                                peer_variants=PEER_VARIANTS, paper_models=PAPER_MODELS)
     if not args.no_peak:
         specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework}}
-                  for name, framework in PEAK_CASES.items()]
+                  for name, framework in PEAK_CASES.items() if args.device == "cpu" or framework != "numpy"]
     return specs
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    use_device(args.device)
     context = {"record": "context", "benchmark": "inference", "suite": args.suite, "input_size": args.size,
                "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
     emit(context)

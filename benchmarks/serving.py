@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from harness import (REPO_ROOT, Worker, case_statistics, emit, log, machine_info, markdown_table,
+from harness import (DEVICES, use_device, REPO_ROOT, Worker, case_statistics, emit, log, machine_info, markdown_table,
                      pair_statistics, peak_rss_mb, run_cases, thread_environment)
 
 MODEL_NAME = "deeplabv3"
@@ -225,13 +225,15 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50")
     parser.add_argument("--output-stride", type=int, choices=(8, 16), default=8)
-    parser.add_argument("--atrous", choices=("auto", "native", "shifted"), default="auto")
+    parser.add_argument("--atrous", choices=("auto", "native", "shifted", "winograd"), default="auto")
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                         help="export without folding BatchNorm (the library folds by default)")
     parser.add_argument("--size", type=int, default=513)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
     parser.add_argument("--concurrency", default="1,8", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--requests-per-client", type=int, default=2)
     return parser.parse_args(argv)
@@ -243,6 +245,7 @@ def percentile(values, q):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    use_device(args.device)
     context = {"record": "context", "benchmark": "serving", "input_size": args.size, "batch": 1,
                "backbone": args.backbone, "output_stride": args.output_stride, "atrous": args.atrous,
                "fold_bn": args.fold_bn, "repeats": args.repeats, "warmup": args.warmup,

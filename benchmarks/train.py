@@ -15,8 +15,8 @@ import os
 import sys
 import tempfile
 
-from harness import (case_specs as harness_case_specs, case_statistics, emit, machine_info, markdown_table,
-                     pair_statistics, run_cases, PEER_VARIANTS)
+from harness import (DEVICES, use_device, case_specs as harness_case_specs, case_statistics, emit, machine_info,
+                     markdown_table, pair_statistics, run_cases, PEER_VARIANTS)
 
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -54,6 +54,8 @@ def parse_args(argv):
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
     parser.add_argument("--paper-models", default="paper_r101_os16,mobilenet_v2_os16",
                         help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
     parser.add_argument("--one-at-a-time", action="store_true",
                         help="run each case alone, one after another, for cases that do not fit in memory "
                              "together (crop 513, batch 8 on 24 GiB); the per-round ratios then pair runs "
@@ -68,6 +70,7 @@ def case_specs(args, state_path):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    use_device(args.device)
     context = {"record": "context", "benchmark": "train", "suite": args.suite, "input_size": args.size,
                "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
                "one_at_a_time": args.one_at_a_time, **machine_info(args.threads)}
