@@ -4,7 +4,7 @@ network, with its nominal GFLOP/s; their sum against the whole forward.
 
     python benchmarks/layer_survey.py --size 513 --repeats 5
     python benchmarks/layer_survey.py --size 513 --repeats 5 --unsplit   # every conv's outputs in one kernel
-    python benchmarks/layer_survey.py --size 513 --repeats 5 --direct    # no Winograd: 3x3 convs as in training
+    python benchmarks/layer_survey.py --size 513 --repeats 5 --direct    # no Winograd: the direct 3x3 forms
 
 Random weights (timing does not depend on them). One process, the threads fixed to --threads. Prints one JSON
 line per layer and a summary line, then a Markdown table.
@@ -66,7 +66,7 @@ def main(argv=None):
     rows = []
     for layer, x in zip(timed, inputs_of.predict(images, verbose=0)):
         wrapper = keras.Sequential([keras.Input(x.shape[1:]), layer])
-        # Keras passes `training` on only to layers whose call takes it (ASPP, AtrousConv2D; Conv2D drops it)
+        # Keras passes `training` on only to layers whose call takes it (ASPP; the convolutions drop it)
         ms = median_ms(tf.function(lambda x, layer=layer: layer(x, training=False)), tf.constant(x), args.repeats)
         macs = keras_macs(wrapper, x.shape)
         row = {"record": "measurement", "benchmark": "layer_survey", "layer": layer.name,

@@ -3,7 +3,7 @@
     python benchmarks/layer_timing.py --size 65 --batch 2 --repeats 5
 
 Atrous 3x3 convolutions at the R50 OS8 shapes (backbone rates 2 and 4, ASPP rates 12/24/36) in each form of
-`atrous_variants.py` plus the library's "auto" and Keras' native dilated conv; and 1x1 convolutions as Keras'
+`atrous_variants.py` plus the library's "auto", Winograd and Keras' native dilated conv; and 1x1 convolutions as Keras'
 `Conv2D`, the library's `Conv2D` (wide outputs in parts) and a MatMul (AtrousConv2D's shifted path, one tap).
 One process, 2 threads by default, forms alternating within each round. Prints a JSON line per measurement and
 a Markdown table (median ms).
@@ -27,7 +27,8 @@ def atrous_forms(trim_ratios=()):
     from keras_deeplab.layers import AtrousConv2D
 
     forms = {"library_auto": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False),
-             "keras_native": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False, implementation="native")}
+             "keras_native": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False, implementation="native"),
+             "winograd": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False, implementation="winograd")}
     for name in ("per_tap", "rows", "shifted"):
         forms[name] = lambda f, r, cls=VARIANTS[name]: cls(f, 3, dilation_rate=r, use_bias=False)
     for ratio in trim_ratios:

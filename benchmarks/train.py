@@ -22,6 +22,7 @@ from harness import (DEVICES, use_device, case_specs as harness_case_specs, case
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_unsplit": ({}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
+    "ours_direct": ({}, {"atrous_implementation": "auto", "winograd": False}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),
     "ours_rows": ({}, {"atrous_variant": "rows"}, {}),

@@ -299,13 +299,12 @@ class AtrousConv2D(keras.layers.Conv2D):
 
     `implementation`: "shifted" (above), "native" (`Conv2D`'s own kernel), "winograd" (3x3 kernels only:
     F(4x4, 3x3) Winograd, 4x fewer multiplications than the taps, exact up to float rounding 10-20x the direct
-    convolution's), or "auto": in inference (`training` false), Winograd for 3x3 kernels at rates up to
-    WINOGRAD_MAX_RATE with at least WINOGRAD_MIN_CHANNELS input and output channels in float32, where it measured
-    faster (narrower layers spend more on its transforms than they save); otherwise native up to rate
+    convolution's), or "auto": Winograd for 3x3 kernels at rates up to WINOGRAD_MAX_RATE with at least
+    WINOGRAD_MIN_CHANNELS input and output channels in float32, where it measured faster forward and backward
+    (narrower layers spend about as much on its transforms as they save); otherwise native up to rate
     NATIVE_MAX_RATE, where TF's dilated kernel (SpaceToBatchND, then a dense conv) wastes nothing and is at least
     as fast forward and backward, and shifted above it (much faster there, and TF's gradient slows with the
-    rate). Training keeps the direct forms: their gradients are the fast ones. `WINOGRAD_MAX_RATE = 0` keeps
-    "auto" on the direct forms in inference too.
+    rate). `WINOGRAD_MAX_RATE = 0` keeps "auto" on the direct forms.
     """
 
     # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
@@ -329,11 +328,11 @@ class AtrousConv2D(keras.layers.Conv2D):
             raise ValueError(f"implementation 'winograd' needs a 3x3 kernel, got {self.kernel_size}")
         self.implementation = implementation
 
-    def _choose(self, inputs, training):
+    def _choose(self, inputs):
         """The implementation that computes this call."""
         if self.implementation != "auto":
             return self.implementation
-        if (not training and self.kernel_size == (3, 3) and max(self.dilation_rate) <= self.WINOGRAD_MAX_RATE
+        if (self.kernel_size == (3, 3) and max(self.dilation_rate) <= self.WINOGRAD_MAX_RATE
                 and min(inputs.shape[-1], self.filters) >= self.WINOGRAD_MIN_CHANNELS
                 and self.compute_dtype == "float32"
                 and all(size is None or size >= WINOGRAD_OUTPUTS * rate
@@ -341,8 +340,8 @@ class AtrousConv2D(keras.layers.Conv2D):
             return "winograd"
         return "native" if max(self.dilation_rate) <= self.NATIVE_MAX_RATE else "shifted"
 
-    def call(self, inputs, training=None):
-        implementation = self._choose(inputs, training)
+    def call(self, inputs):
+        implementation = self._choose(inputs)
         if implementation == "native":
             return super().call(inputs)
         if implementation == "winograd":
