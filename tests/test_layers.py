@@ -1,6 +1,10 @@
 """Layer tests against independent references: Keras' own dilated Conv2D, keras.applications preprocessing,
 tf.image.resize and a NumPy ASPP."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -173,6 +177,36 @@ def test_atrous_conv_auto_takes_winograd_for_wide_layers(channels, rate, size, d
     layer.build((None, None, None, channels))
     graph = tf.function(layer).get_concrete_function(tf.TensorSpec([1, size, size, channels])).graph
     assert ("GatherV2" in {op.type for op in graph.get_operations()}) == winograd
+
+
+WINOGRAD_JAX_SCRIPT = textwrap.dedent("""
+    import sys
+    import jax  # the test must fail, not skip, without JAX
+    import keras
+    import numpy as np
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from keras_deeplab.layers import AtrousConv2D
+
+    folder = sys.argv[1]
+    arrays = np.load(folder + "/arrays.npz")
+    layer = AtrousConv2D(4, 3, dilation_rate=2, use_bias=False, implementation="winograd")
+    layer.build(arrays["x"].shape)
+    layer.set_weights([arrays["kernel"]])
+    np.save(folder + "/y.npy", np.asarray(layer(arrays["x"])))
+""")
+
+
+def test_winograd_conv_on_jax_equals_numpy(tmp_path):
+    """The Winograd path is keras.ops only: on the JAX backend (a subprocess) it computes the convolution too."""
+    x = random_images((2, 19, 26, 5))
+    kernel = RNG.normal(size=(3, 3, 5, 4)).astype("float32")
+    np.savez(tmp_path / "arrays.npz", x=x, kernel=kernel)
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", WINOGRAD_JAX_SCRIPT, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = numpy_conv_same(x.astype("float64"), kernel.astype("float64"), 2)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=1e-5 * np.abs(want).max())
 
 
 def test_atrous_conv_winograd_needs_a_3x3_kernel():
