@@ -67,20 +67,26 @@ def test_atrous_conv_auto_takes_tf_dilated_kernel_only_at_small_rates(rate, nati
     assert ("SpaceToBatchND" in ops_used) == (native and rate > 1)
 
 
+def outputs_and_gradients(layer, x, upstream):
+    """[layer(x), and the gradients of sum(layer(x) * upstream) for x, the kernel and the bias]."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * upstream)
+    return [y, *tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])]
+
+
+def assert_same_outputs_and_gradients(layer, reference, shape, **tolerance):
+    x = tf.constant(random_images(shape))
+    upstream = tf.constant(RNG.normal(size=shape[:3] + (reference.filters,)).astype("float32"))
+    for got, want in zip(outputs_and_gradients(layer, x, upstream), outputs_and_gradients(reference, x, upstream)):
+        np.testing.assert_allclose(got, want, **tolerance)
+
+
 @pytest.mark.parametrize("rate,size", [(1, (13, 17)), (6, (13, 17)), (18, (13, 17)), (40, (9, 21))])
 def test_atrous_conv_gradients_equal_keras(rate, size):
     atrous, reference = atrous_and_reference(rate)
-    x = tf.constant(random_images((2, *size, 5)))
-    upstream = tf.constant(RNG.normal(size=(2, *size, 4)).astype("float32"))
-
-    def gradients(layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * upstream)
-        return tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])
-
-    for got, want in zip(gradients(atrous), gradients(reference)):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert_same_outputs_and_gradients(atrous, reference, (2, *size, 5), atol=1e-4, rtol=1e-5)
 
 
 def test_atrous_conv_column_trimmed_taps_equal_keras():
@@ -88,17 +94,7 @@ def test_atrous_conv_column_trimmed_taps_equal_keras():
     the filter count; ratio 0 sends every column-shifted tap down that path, the centre column stays grouped)."""
     atrous, reference = atrous_and_reference(4)
     atrous.COLUMN_TRIM_RATIO = 0
-    x = tf.constant(random_images((2, 11, 13, 5)))
-    upstream = tf.constant(RNG.normal(size=(2, 11, 13, 4)).astype("float32"))
-    results = []
-    for layer in (atrous, reference):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * upstream)
-        results.append([y, *tape.gradient(loss, [x, layer.kernel.value])])
-    for got, want in zip(*results):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
+    assert_same_outputs_and_gradients(atrous, reference, (2, 11, 13, 5), atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rate", [2, 18, 40])
@@ -152,16 +148,7 @@ def test_winograd_conv_float32_error_against_float64():
 
 def test_winograd_conv_gradients_equal_keras():
     atrous, reference = atrous_and_reference(2, implementation="winograd")
-    x = tf.constant(random_images((2, 17, 19, 5)))
-    upstream = tf.constant(RNG.normal(size=(2, 17, 19, 4)).astype("float32"))
-    results = []
-    for layer in (atrous, reference):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(layer(x) * upstream)
-        results.append(tape.gradient(loss, [x, layer.kernel.value, layer.bias.value]))
-    for got, want in zip(*results):
-        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    assert_same_outputs_and_gradients(atrous, reference, (2, 17, 19, 5), atol=5e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("channels,rate,size,dtype,winograd", [
