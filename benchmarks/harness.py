@@ -47,6 +47,9 @@ def use_device(device):
     os.environ["BENCH_DEVICE"] = device
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    else:
+        # the cases' processes share the GPU: TF (workers and `deeplab serve`) must not take all its memory at start
+        os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
 
 
 def gpu_names():
