@@ -266,7 +266,8 @@ def _winograd_same_conv(inputs, kernel, rates):
     height, width = spatial_size(inputs)
     rate_h, rate_w = rates
     span_h, span_w = WINOGRAD_OUTPUTS * rate_h, WINOGRAD_OUTPUTS * rate_w
-    region_h, region_w = height // span_h * span_h, width // span_w * span_w
+    tiles = (height // span_h, width // span_w)
+    region_h, region_w = tiles[0] * span_h, tiles[1] * span_w
     padded = ops.pad(inputs, [[0, 0], [rate_h, rate_h], [rate_w, rate_w], [0, 0]])
 
     def direct(rows, cols):  # outputs in rows x cols = [start, end) x [start, end), one GEMM of the 9 taps
@@ -278,7 +279,7 @@ def _winograd_same_conv(inputs, kernel, rates):
     static = isinstance(height, int) and isinstance(width, int)
     if static and (region_h == 0 or region_w == 0):
         return direct((0, height), (0, width))
-    outputs = _winograd_region(padded, kernel, rates, (height // span_h, width // span_w))
+    outputs = _winograd_region(padded, kernel, rates, tiles)
     if not static or region_w < width:
         outputs = ops.concatenate([outputs, direct((0, region_h), (region_w, width))], axis=2)
     if not static or region_h < height:
@@ -344,11 +345,19 @@ class AtrousConv2D(keras.layers.Conv2D):
         implementation = self._choose(inputs)
         if implementation == "native":
             return super().call(inputs)
+        kernel = ops.convert_to_tensor(self.kernel)
         if implementation == "winograd":
-            outputs = _winograd_same_conv(inputs, ops.convert_to_tensor(self.kernel), self.dilation_rate)
-            if self.use_bias:
-                outputs = _add_bias(outputs, self.bias)
-            return outputs if self.activation is None else self.activation(outputs)
+            outputs = _winograd_same_conv(inputs, kernel, self.dilation_rate)
+        else:
+            outputs = self._shifted_conv(inputs, kernel)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def _shifted_conv(self, inputs, kernel):
+        """The convolution (no bias) as shifted GEMMs, as the class docstring describes."""
         kh, kw = self.kernel_size
         rh, rw = self.dilation_rate
         static_h, static_w = inputs.shape[1], inputs.shape[2]
@@ -360,15 +369,14 @@ class AtrousConv2D(keras.layers.Conv2D):
                    and abs(dx) * self.filters >= self.COLUMN_TRIM_RATIO * (static_w - abs(dx))]
         grouped = [tap for tap in cols if tap not in trimmed]
         # Unstacked, not indexed: the gradient is one Pack instead of a kernel-sized StridedSliceGrad per tap.
-        taps = [ops.unstack(row, axis=0) for row in ops.unstack(ops.convert_to_tensor(self.kernel), axis=0)]
+        taps = [ops.unstack(row, axis=0) for row in ops.unstack(kernel, axis=0)]
         outputs = None
         for i, dy in _tap_offsets(kh, rh, static_h):
             # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
             block = inputs if dy == 0 else _inside(inputs, 1, dy, static_h, height)
             row_sum = None
             if grouped:
-                kernel = ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1)
-                products = ops.matmul(block, kernel)
+                products = ops.matmul(block, ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
                 # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
                 parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
                 for part, (_, dx) in zip(parts, grouped):
@@ -382,10 +390,6 @@ class AtrousConv2D(keras.layers.Conv2D):
             if dy:
                 row_sum = _shift_back(row_sum, 1, dy, static_h, height)
             outputs = row_sum if outputs is None else outputs + row_sum
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
         return outputs
 
     def get_config(self):
