@@ -24,6 +24,7 @@ COMMANDS = {
     "analyze-rates": ("keras_deeplab.analysis:main",
                       "tabulate and plot valid atrous taps per rate (paper Fig. 4)"),
     "summary": ("keras_deeplab.complexity:main", "print parameters and GFLOPs of model variants"),
+    "presets": ("keras_deeplab.presets:main", "list the pretrained models and whether they are cached"),
 }
 
 

@@ -617,7 +617,12 @@ def _export_parser():
         epilog="Serve it: docker run --rm -p 8501:8501 -v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" "
                "-e MODEL_NAME=deeplabv3 tensorflow/serving   (or: deeplab serve --model_name deeplabv3 "
                "--model_base_path saved_models/deeplabv3)")
-    parser.add_argument("--model", required=True, help="the trained model, a .keras file")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="the trained model, a .keras file")
+    source.add_argument("--preset", help="a pretrained model (deeplab presets) or its weight file; its class "
+                                         "names, colormap and serving size come with it")
+    parser.add_argument("--weights_url", help="with --preset: mirror URL or folder holding the weight file "
+                                              "(default: $KERAS_DEEPLAB_WEIGHTS_URL, else the publisher's)")
     parser.add_argument("--base_dir", default="saved_models/deeplabv3",
                         help="model base path holding the numeric version folders (default: %(default)s)")
     parser.add_argument("--version", type=int, help="version number (default: one more than the highest)")
@@ -666,13 +671,26 @@ def main(argv=None):
 
     import keras_deeplab  # noqa: F401 - registers the custom layers for loading
 
-    if not os.path.exists(args.model):
+    if args.model and not os.path.exists(args.model):
         raise SystemExit(f"deeplab export: --model {args.model} does not exist")
     for flag, paths in (("--check_images", args.check_images), ("--warmup_images", args.warmup_images)):
         for path in paths or ():
             if not os.path.isfile(path):
                 raise SystemExit(f"deeplab export: {flag} {path} is not a file")
-    model = keras.saving.load_model(args.model, compile=False)
+    if args.preset:
+        from keras_deeplab.presets import load_preset, preset_info
+        from keras_deeplab.weights import WeightsError
+
+        try:
+            model = load_preset(args.preset, base_url=args.weights_url)
+        except (WeightsError, ValueError) as error:
+            raise SystemExit(f"deeplab export: --preset {args.preset}: {error}") from error
+        info = preset_info(args.preset)
+        args.class_names = args.class_names or info.get("class_names")
+        args.colormap = args.colormap or info.get("colormap")
+        args.max_long_side = args.max_long_side or info.get("max_long_side")
+    else:
+        model = keras.saving.load_model(args.model, compile=False)
     try:
         path = export_saved_model(model, args.base_dir, args.version, overwrite=args.overwrite,
                                   max_long_side=args.max_long_side, model_name=args.model_name,

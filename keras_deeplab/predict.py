@@ -1,10 +1,12 @@
-"""`deeplab predict`: segment images with an exported SavedModel or a TF Serving REST endpoint, and write for each
-image its label map (palette PNG) and a colour overlay with a legend.
+"""`deeplab predict`: segment images with an exported SavedModel, a TF Serving REST endpoint or a pretrained
+preset, and write for each image its label map (palette PNG) and a colour overlay with a legend.
 
-Both backends speak the export's serving contract: encoded image bytes in, `labels` (int32 [N, H, W], padded
-with 255 to the largest image of the batch) and `image_size` (int32 [N, 2]) out. `--model` runs the SavedModel
-through the same code path as `deeplab serve` (`keras_deeplab.serving.servable.Servable`: the TF1 SavedModel
-loader, tags `serve`, a Session run by the signature's tensor names), which is how TF Serving runs it.
+`--preset` runs the pretrained Keras model in this process under the export's size policy, with the preset's class
+names and colormap. The other two backends speak the export's serving contract: encoded image bytes in, `labels`
+(int32 [N, H, W], padded with 255 to the largest image of the batch) and `image_size` (int32 [N, 2]) out. `--model`
+runs the SavedModel through the same code path as `deeplab serve` (`keras_deeplab.serving.servable.Servable`: the
+TF1 SavedModel loader, tags `serve`, a Session run by the signature's tensor names), which is how TF Serving runs
+it.
 """
 import argparse
 import io
@@ -128,6 +130,27 @@ class ServingSegmenter:
         self._client.close()
 
 
+class KerasSegmenter:
+    """Label maps from a Keras model in this process, under the export's size policy (`max_long_side`)."""
+
+    def __init__(self, model, max_long_side=None):
+        self._model, self._max_long_side = model, max_long_side
+
+    def __call__(self, encoded_images):
+        from keras_deeplab.export import logits_at_input_size
+
+        label_maps = []
+        for data in encoded_images:
+            with Image.open(io.BytesIO(data)) as image:
+                pixels = np.asarray(image.convert("RGB"))
+            logits = logits_at_input_size(self._model, pixels[np.newaxis], self._max_long_side)
+            label_maps.append(np.argmax(np.asarray(logits[0]), axis=-1).astype(np.int32))
+        return label_maps
+
+    def close(self):
+        pass
+
+
 def load_image(path):
     """The file's bytes and its decoded RGB pixels; a missing or undecodable file is named in the error."""
     path = Path(path)
@@ -146,7 +169,8 @@ def load_image(path):
 def _parser():
     parser = argparse.ArgumentParser(
         prog="deeplab predict",
-        description="Segment images with an exported SavedModel (--model) or a TF Serving REST endpoint (--url), "
+        description="Segment images with an exported SavedModel (--model), a TF Serving REST endpoint (--url) "
+                    "or a pretrained preset (--preset), "
                     "writing OUT/<name>_labels.png (palette PNG whose pixel values are class ids) and "
                     "OUT/<name>_overlay.png (colours blended on the image, legend of the classes present).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
@@ -154,6 +178,10 @@ def _parser():
     source.add_argument("--model", metavar="DIR",
                         help="SavedModel version folder, or a base folder of numeric versions (highest is used)")
     source.add_argument("--url", help="TF Serving REST address, e.g. http://localhost:8501")
+    source.add_argument("--preset", help="a pretrained model (deeplab presets) or its weight file, run in Keras "
+                                         "at the preset's serving size")
+    parser.add_argument("--weights_url", help="with --preset: mirror URL or folder holding the weight file "
+                                              "(default: $KERAS_DEEPLAB_WEIGHTS_URL, else the publisher's)")
     parser.add_argument("--model_name", default="deeplabv3", help="model name on the server (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version (default: the highest / the server's choice)")
     parser.add_argument("--colormap", choices=viz.COLORMAPS,
@@ -187,6 +215,16 @@ def _run(args):
         version_dir = resolve_version_dir(args.model, args.version)
         info = read_export_info(version_dir)
         segment = SavedModelSegmenter(version_dir)
+    elif args.preset:
+        from keras_deeplab.presets import load_preset, preset_info
+        from keras_deeplab.weights import WeightsError
+
+        try:
+            model = load_preset(args.preset, base_url=args.weights_url)
+        except (WeightsError, ValueError) as error:
+            raise PredictError(f"--preset {args.preset}: {error}") from error
+        info = preset_info(args.preset)
+        segment = KerasSegmenter(model, info.get("max_long_side"))
     else:
         segment = ServingSegmenter(args.url, args.model_name, args.version, args.batch_size)
     try:
