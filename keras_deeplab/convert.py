@@ -1,4 +1,5 @@
-"""torchvision's DeepLabV3 weights (deeplabv3_resnet50 / deeplabv3_resnet101) in a keras_deeplab.DeepLabV3.
+"""torchvision's DeepLabV3 weights (deeplabv3_resnet50 / deeplabv3_resnet101 / deeplabv3_mobilenet_v3_large) in a
+keras_deeplab.DeepLabV3.
 
 The mapping runs from the Keras model to torchvision's names: every weight-bearing layer of the model has one
 torchvision module (name rules below) and every variable one parameter or buffer of it, so a state dict must
@@ -10,12 +11,17 @@ import re
 import keras
 import numpy as np
 
+from keras_deeplab import pth
 from keras_deeplab.layers import ASPP
 from keras_deeplab.model import DeepLabV3
 
 # torchvision's fixed DeepLabV3 configuration (torchvision.models.segmentation.deeplabv3).
 TORCHVISION_CONFIG = {"output_stride": 8, "multi_grid": (1, 1, 1), "atrous_rates": (12, 24, 36),
                       "head_conv": True, "aspp_dropout": 0.5}
+# deeplabv3_mobilenet_v3_large: the same head on MobileNetV3-Large at output stride 16 (torchvision's dilated=True),
+# recognized by its last backbone conv (features[16]).
+MOBILENET_V3_CONFIG = {**TORCHVISION_CONFIG, "output_stride": 16}
+MOBILENET_V3_LARGE_KEY = "backbone.16.0.weight"
 # ResNet depth by the number of bottleneck units in torchvision's `layer3`.
 DEPTH_BY_LAYER3_UNITS = {6: 50, 23: 101}
 NUM_CLASSES_KEY = "classifier.4.weight"
@@ -37,6 +43,8 @@ MODULES = {
 UNIT_LAYER = re.compile(r"conv(?P<stage>[2-5])_block(?P<unit>\d+)_(?P<part>[0-3]_(?:conv|bn))")
 UNIT_MODULES = {"0_conv": "downsample.0", "0_bn": "downsample.1",
                 **{f"{i}_{kind}": f"{kind}{i}" for i in (1, 2, 3) for kind in ("conv", "bn")}}
+# MobileNetV3 layers carry their torchvision module's name with "." written "_" (backbones/mobilenet_v3.py).
+MOBILENET_V3_LAYER = re.compile(r"backbone_\d+(?:_block_\d+)?_(?:\d+|fc[12])")
 # ASPP branch i -> `classifier.0.convs.{i}.{position}` (its conv; +1 for its BN): position 0, except for the
 # pooling branch, whose module 0 is the pool itself.
 ASPP_BRANCH = "classifier.0.convs.{index}.{position}"
@@ -44,16 +52,19 @@ ASPP_PROJECT = ("classifier.0.project.0", "classifier.0.project.1")
 # Keras variable -> torchvision parameter/buffer, per layer kind.
 PARAMETERS = {
     keras.layers.Conv2D: {"kernel": "weight", "bias": "bias"},
+    keras.layers.DepthwiseConv2D: {"kernel": "weight", "bias": "bias"},
     keras.layers.BatchNormalization: {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
                                       "moving_variance": "running_var"},
 }
+# A torch kernel's axes in Keras order, per layer kind: OIHW -> HWIO; depthwise (C, 1, H, W) -> (H, W, C, 1).
+KERNEL_AXES = {keras.layers.Conv2D: (2, 3, 1, 0), keras.layers.DepthwiseConv2D: (2, 3, 0, 1)}
 # BatchNorm buffers torchvision saves that inference does not use.
 IGNORED_BUFFER = "num_batches_tracked"
 
 
 def load_state_dict(source):
     """A torchvision state dict as {key: numpy array} from a mapping (numpy arrays or torch tensors), an
-    `.npz` file, or a `.pth`/`.pt` file (needs torch)."""
+    `.npz` file, or a `.pth`/`.pt` file as torch.save writes it (read by keras_deeplab.pth, without torch)."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -63,13 +74,7 @@ def load_state_dict(source):
                 return {key: archive[key] for key in archive.files}
         if not path.endswith((".pth", ".pt")):
             raise ValueError(f"Unsupported state dict file {path!r}: expected .npz, .pth or .pt")
-        try:
-            import torch
-        except ImportError as err:
-            raise ImportError(f"Reading {path!r} needs PyTorch (pip install torch); without it, save the "
-                              "state dict as .npz on a machine that has torch: "
-                              "numpy.savez(path, **{k: v.numpy() for k, v in state.items()})") from err
-        source = torch.load(path, map_location="cpu", weights_only=True)
+        return pth.load_state_dict(path)
     return {key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
             for key, value in source.items()}
 
@@ -78,6 +83,8 @@ def torchvision_module(layer_name):
     """The torchvision module name of the (non-ASPP) Keras layer `layer_name`."""
     if layer_name in MODULES:
         return MODULES[layer_name]
+    if MOBILENET_V3_LAYER.fullmatch(layer_name):
+        return layer_name.replace("_", ".")
     match = UNIT_LAYER.fullmatch(layer_name)
     if match is None:
         raise ValueError(f"Layer {layer_name!r} has no counterpart in torchvision's DeepLabV3")
@@ -94,9 +101,8 @@ def _aspp_modules(aspp):
     yield from zip((aspp.project_conv, aspp.project_bn), ASPP_PROJECT)
 
 
-def torchvision_keys(model):
-    """{torchvision state dict key: Keras variable} for every variable of `model`."""
-    keys = {}
+def _torchvision_variables(model):
+    """(torchvision state dict key, Keras variable, its layer kind's KERNEL_AXES or None) for every variable."""
     for layer in model.layers:
         if isinstance(layer, ASPP):
             pairs = _aspp_modules(layer)
@@ -105,20 +111,24 @@ def torchvision_keys(model):
         else:
             continue
         for sublayer, module in pairs:
-            names = next(table for kind, table in PARAMETERS.items() if isinstance(sublayer, kind))
+            kind = next(kind for kind in PARAMETERS if isinstance(sublayer, kind))
             for variable in sublayer.weights:
-                keys[f"{module}.{names[variable.name]}"] = variable
-    return keys
+                yield f"{module}.{PARAMETERS[kind][variable.name]}", variable, KERNEL_AXES.get(kind)
 
 
-def _to_keras_layout(array):
-    """Conv kernels OIHW -> HWIO; everything else unchanged."""
-    return np.transpose(array, (2, 3, 1, 0)) if array.ndim == 4 else array
+def torchvision_keys(model):
+    """{torchvision state dict key: Keras variable} for every variable of `model`."""
+    return {key: variable for key, variable, _ in _torchvision_variables(model)}
 
 
-def _torch_shape(keras_shape):
-    """A Keras variable shape in torch layout (HWIO kernels -> OIHW)."""
-    return tuple(keras_shape[i] for i in (3, 2, 0, 1)) if len(keras_shape) == 4 else keras_shape
+def _to_keras_layout(array, kernel_axes):
+    """Conv kernels (4-D) from torch to Keras layout; everything else unchanged."""
+    return np.transpose(array, kernel_axes) if kernel_axes and array.ndim == 4 else array
+
+
+def _torch_shape(keras_shape, kernel_axes):
+    """A Keras variable shape in torch layout."""
+    return tuple(keras_shape[i] for i in np.argsort(kernel_axes)) if len(keras_shape) == 4 else keras_shape
 
 
 def _summary(keys, limit=8):
@@ -129,7 +139,7 @@ def _summary(keys, limit=8):
 def assign_torchvision_weights(model, state):
     """Sets every variable of `model` from the torchvision state dict `state` ({key: numpy array, torch
     layout}); raises ValueError naming missing, unexpected or wrongly shaped keys (before assigning any)."""
-    targets = torchvision_keys(model)
+    targets = {key: (variable, axes) for key, variable, axes in _torchvision_variables(model)}
 
     def ignored(key):
         module, _, buffer = key.rpartition(".")
@@ -143,17 +153,17 @@ def assign_torchvision_weights(model, state):
     if unexpected:
         problems.append(f"unexpected keys: {_summary(unexpected)}")
     values = {}
-    for key, variable in targets.items():
+    for key, (variable, axes) in targets.items():
         if key not in state:
             continue
-        value = _to_keras_layout(np.asarray(state[key]))
+        value = _to_keras_layout(np.asarray(state[key]), axes)
         if value.shape != tuple(variable.shape):
             problems.append(f"{key!r} has shape {tuple(np.shape(state[key]))}, expected "
-                            f"{_torch_shape(tuple(variable.shape))}")
+                            f"{_torch_shape(tuple(variable.shape), axes)}")
         values[key] = value
     if problems:
         raise ValueError("State dict does not fit torchvision's DeepLabV3 layout: " + "; ".join(problems))
-    for key, variable in targets.items():
+    for key, (variable, _) in targets.items():
         variable.assign(values[key].astype(variable.dtype))
 
 
@@ -165,12 +175,21 @@ def _resnet_depth(state):
     return DEPTH_BY_LAYER3_UNITS[len(units)]
 
 
+def _torchvision_backbone(state):
+    """(Keras backbone name, DeepLabV3 arguments) of the state dict's torchvision model."""
+    if MOBILENET_V3_LARGE_KEY in state:
+        return "mobilenet_v3_large", MOBILENET_V3_CONFIG
+    return f"resnet{_resnet_depth(state)}_v1.5", TORCHVISION_CONFIG
+
+
 def from_torchvision(state_dict, *, include_preprocessing=True, aux_head=None):
-    """A DeepLabV3 that computes what torchvision's deeplabv3_resnet50/101 computes with `state_dict`.
+    """A DeepLabV3 that computes what torchvision's deeplabv3_resnet50/101 or deeplabv3_mobilenet_v3_large
+    computes with `state_dict` (the backbone is read from its keys).
 
     Args:
         state_dict: the torchvision model's state dict: a mapping key -> array (torch layout; numpy arrays or
-            torch tensors), or the path of an `.npz` of it, or of a `.pth`/`.pt` file (read with torch).
+            torch tensors), or the path of an `.npz` of it, or of a `.pth`/`.pt` file (torch.save's format, read
+            without torch).
         include_preprocessing: True: the model takes RGB images in [0, 255] and normalizes them as
             torchvision's ImageNet transforms do. False: it takes torchvision's normalized input as is (NHWC).
         aux_head: None: include the FCN auxiliary head if the state dict has `aux_classifier.*` keys (outputs
@@ -187,8 +206,8 @@ def from_torchvision(state_dict, *, include_preprocessing=True, aux_head=None):
     if NUM_CLASSES_KEY not in state:
         raise ValueError(f"State dict has no {NUM_CLASSES_KEY!r} (the classifier's last conv): "
                          "not a torchvision DeepLabV3 state dict")
-    model = DeepLabV3(num_classes=int(state[NUM_CLASSES_KEY].shape[0]),
-                      backbone=f"resnet{_resnet_depth(state)}_v1.5", aux_head=aux_head,
-                      preprocessing="torch" if include_preprocessing else None, **TORCHVISION_CONFIG)
+    backbone, config = _torchvision_backbone(state)
+    model = DeepLabV3(num_classes=int(state[NUM_CLASSES_KEY].shape[0]), backbone=backbone, aux_head=aux_head,
+                      preprocessing="torch" if include_preprocessing else None, **config)
     assign_torchvision_weights(model, state)
     return model

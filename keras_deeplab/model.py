@@ -23,16 +23,18 @@ class DeepLabV3(keras.Model):
     Args:
         num_classes: number of classes (logit channels).
         backbone: a name in `keras_deeplab.backbones.BACKBONES` ("resnet50", "resnet101", "resnet152",
-            "resnet50_v1.5", "resnet101_v1.5", "mobilenet_v2").
+            "resnet50_v1.5", "resnet101_v1.5", "mobilenet_v2", "mobilenet_v3_large").
         output_stride: 8, 16 or 32; strides beyond it are replaced by atrous rates.
-        multi_grid: per-unit rate multipliers of the last ResNet block (ignored by MobileNetV2).
+        multi_grid: per-unit rate multipliers of the last ResNet block (ignored by the MobileNets).
         atrous_rates: ASPP rates; None means (6, 12, 18) * 16 / output_stride.
         image_pooling: add ASPP's global-pooling branch.
         aspp_filters, aspp_dropout: ASPP width and dropout after its projection.
         head_conv: add torchvision's extra 3x3 conv + BN + ReLU before the classifier.
-        aux_head: add torchvision's FCN auxiliary head on block3; outputs become {"out", "aux"}.
+        aux_head: add torchvision's FCN auxiliary head (on ResNet's block3, MobileNetV3's stride-8 features;
+            not for MobileNetV2); outputs become {"out", "aux"}.
         preprocessing: normalization inside the model: "auto" (the backbone's: "caffe" for ResNet v1,
-            "torch" for v1.5, "tf" for MobileNetV2), one of those names, or None for pre-normalized inputs.
+            "torch" for v1.5 and MobileNetV3, "tf" for MobileNetV2), one of those names, or None for
+            pre-normalized inputs.
         backbone_weights: None, "imagenet" or a local keras.applications weights file (loaded at build time,
             not saved in the config: a saved model carries its weights).
         bn_momentum: BatchNorm moving-average decay (the paper's 0.9997).
@@ -54,8 +56,8 @@ class DeepLabV3(keras.Model):
         atrous_rates = default_atrous_rates(output_stride) if atrous_rates is None else tuple(atrous_rates)
         if preprocessing == "auto":
             preprocessing = spec["preprocessing"]
-        if aux_head and not spec["multi_grid"]:
-            raise ValueError(f"aux_head needs a ResNet backbone, got {backbone!r}")
+        if aux_head and spec["aux_features"] is None:
+            raise ValueError(f"aux_head needs a ResNet or MobileNetV3 backbone, got {backbone!r}")
         layers = keras.layers
 
         images = keras.Input(shape=tuple(input_shape), name="images")
@@ -77,7 +79,7 @@ class DeepLabV3(keras.Model):
         logits = ResizeLike(dtype="float32", name="logits")([x, images])
         outputs = logits
         if aux_head:
-            y = features["block3"]
+            y = features[spec["aux_features"]]
             y = AtrousConv2D(y.shape[-1] // 4, 3, use_bias=False, implementation=atrous_implementation,
                              name="aux_conv")(y)
             y = layers.Activation("relu", name="aux_relu")(BatchNormalization(name="aux_bn", **bn_args)(y))
@@ -130,6 +132,17 @@ class DeepLabV3(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    @classmethod
+    def from_preset(cls, name_or_path, *, num_classes=None, base_url=None, cache_dir=None, **overrides):
+        """A pretrained model (keras-hub's convention): a preset name from `keras_deeplab.presets.PRESETS`
+        (downloaded once into Keras' cache and checked; `base_url` or `KERAS_DEEPLAB_WEIGHTS_URL` name a mirror
+        URL or folder), a local weight file, or a saved `.keras` model. `num_classes` other than the preset's
+        replaces the classifier for fine-tuning. See `keras_deeplab.presets.load_preset`."""
+        from keras_deeplab.presets import load_preset  # presets build on this module
+
+        return load_preset(name_or_path, num_classes=num_classes, base_url=base_url, cache_dir=cache_dir,
+                           **overrides)
 
     def with_output_stride(self, output_stride, atrous_rates=None):
         """A copy of this model at another output stride, sharing no state but carrying the same weights

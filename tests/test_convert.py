@@ -1,12 +1,12 @@
 """keras_deeplab.convert.from_torchvision against torchvision's own DeepLabV3 outputs (stored fixture)."""
 import re
 import sys
-import types
 
 import keras
 import numpy as np
 import pytest
 
+from helpers.torch_format import write_pth
 from helpers.torchvision_state import FIXTURES, aux_head_keys, deterministic_state, torchvision_keys
 from keras_deeplab import DeepLabV3
 from keras_deeplab.convert import assign_torchvision_weights, from_torchvision
@@ -62,34 +62,18 @@ def test_state_dict_from_npz_file_with_batch_counters(tmp_path, state, converted
         np.testing.assert_array_equal(ours.numpy(), reference.numpy())
 
 
-class FakeTensor:
-    """What torch.load returns for a tensor, as far as the converter uses it."""
-
-    def __init__(self, array):
-        self.array = array
-
-    def detach(self):
-        return self
-
-    def cpu(self):
-        return self
-
-    def numpy(self):
-        return self.array
-
-
-def test_pth_file_is_read_with_torch(tmp_path, monkeypatch, state, converted):
-    path = tmp_path / "weights.pth"
-    path.write_bytes(b"")
-    calls = []
-
-    def load(file, map_location, weights_only):
-        calls.append((file, map_location, weights_only))
-        return {key: FakeTensor(value) for key, value in state.items()}
-
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(load=load))
+def test_pth_file_is_read_without_torch(tmp_path, monkeypatch, state, converted):
+    """A full-size .pth in torch.save's format (with torchvision's int64 `num_batches_tracked` buffers) gives the
+    same weights as the in-memory state dict, with `import torch` failing."""
+    tensors = {}
+    for key, value in state.items():
+        tensors[key] = value
+        if key.endswith("running_var"):
+            tensors[key.replace("running_var", "num_batches_tracked")] = np.array(7, np.int64)
+    path = tmp_path / "deeplabv3_resnet50.pth"
+    write_pth(path, tensors)
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
     model = from_torchvision(path, include_preprocessing=False)
-    assert calls == [(str(path), "cpu", True)]
     for ours, reference in zip(model.weights, converted.weights):
         np.testing.assert_array_equal(ours.numpy(), reference.numpy())
 
@@ -115,11 +99,10 @@ def test_real_pth_round_trip_equals_the_npz_model(tmp_path, state):
     assert np.abs(logits - reference).max() <= 1e-5
 
 
-def test_pth_file_without_torch_is_a_clear_error(tmp_path, monkeypatch):
+def test_pth_file_not_in_torch_format_is_a_clear_error(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"")
-    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
-    with pytest.raises(ImportError, match="needs PyTorch"):
+    with pytest.raises(ValueError, match=r"weights\.pth is not a PyTorch state dict file"):
         from_torchvision(path)
 
 

@@ -9,10 +9,7 @@ import json
 import math
 import os
 import shutil
-import socket
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +24,7 @@ import keras_deeplab.serving
 from keras_deeplab import export
 from keras_deeplab.serving import TFServingClient, TFServingError
 from keras_deeplab.serving import json_tensor
+from helpers.model_server import deeplab_serve, free_port
 from helpers.serving_models import CAMVID_FILES, camvid_frames, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
 
 MAX_LONG_SIDE = 128
@@ -56,45 +54,13 @@ def references(model):
     return {name: (pixels,) + keras_reference(model, pixels, MAX_LONG_SIDE) for name, pixels in images.items()}
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(base_dir, tmp_path_factory):
     """`deeplab serve` on a free 127.0.0.1 port, ready (model status answered), stopped at the end."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    command = [sys.executable, "-m", "keras_deeplab.cli", "serve", "--model_name", MODEL,
-               "--model_base_path", str(base_dir), "--rest_api_port", str(port),
-               "--max_body_bytes", str(MAX_BODY_BYTES), "--file_system_poll_wait_seconds", "0.5"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"deeplab serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/v1/models/{MODEL}", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"deeplab serve not ready after 240 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with deeplab_serve(base_dir, MODEL, log_path, "--max_body_bytes", str(MAX_BODY_BYTES),
+                       "--file_system_poll_wait_seconds", "0.5") as running:
+        yield running
 
 
 def predict_url(url, suffix=""):
@@ -304,7 +270,7 @@ def test_client_errors_carry_the_server_text(server):
         TFServingClient(url, MODEL).predict(b"not an image")
     assert caught.value.status_code == 400 and "Unknown image file format" in caught.value.message
     with pytest.raises(TFServingError, match="cannot reach") as caught:
-        TFServingClient(f"http://127.0.0.1:{_free_port()}", MODEL, timeout=5).status()
+        TFServingClient(f"http://127.0.0.1:{free_port()}", MODEL, timeout=5).status()
     assert caught.value.status_code is None
 
 

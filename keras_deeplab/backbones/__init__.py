@@ -1,23 +1,28 @@
-"""Backbones, described by data: name -> builder, its arguments, preprocessing and keras.applications source."""
+"""Backbones, described by data: name -> builder, its arguments, preprocessing, keras.applications source,
+whether it takes `multi_grid`, and the features torchvision's auxiliary head reads (None: no aux head)."""
 import functools
 
 from keras_deeplab.backbones.mobilenet_v2 import mobilenet_v2_features
+from keras_deeplab.backbones.mobilenet_v3 import mobilenet_v3_large_features
 from keras_deeplab.backbones.resnet import resnet_features
 
 BACKBONES = {
     "resnet50": {"features": functools.partial(resnet_features, depth=50, variant="v1"),
-                 "preprocessing": "caffe", "applications": "ResNet50", "multi_grid": True},
+                 "preprocessing": "caffe", "applications": "ResNet50", "multi_grid": True, "aux_features": "block3"},
     "resnet101": {"features": functools.partial(resnet_features, depth=101, variant="v1"),
-                  "preprocessing": "caffe", "applications": "ResNet101", "multi_grid": True},
+                  "preprocessing": "caffe", "applications": "ResNet101", "multi_grid": True, "aux_features": "block3"},
     "resnet152": {"features": functools.partial(resnet_features, depth=152, variant="v1"),
-                  "preprocessing": "caffe", "applications": "ResNet152", "multi_grid": True},
+                  "preprocessing": "caffe", "applications": "ResNet152", "multi_grid": True, "aux_features": "block3"},
     # torchvision's layout (ResNet v1.5); weights come from keras_deeplab.convert.from_torchvision.
     "resnet50_v1.5": {"features": functools.partial(resnet_features, depth=50, variant="v1.5"),
-                      "preprocessing": "torch", "applications": None, "multi_grid": True},
+                      "preprocessing": "torch", "applications": None, "multi_grid": True, "aux_features": "block3"},
     "resnet101_v1.5": {"features": functools.partial(resnet_features, depth=101, variant="v1.5"),
-                       "preprocessing": "torch", "applications": None, "multi_grid": True},
+                       "preprocessing": "torch", "applications": None, "multi_grid": True, "aux_features": "block3"},
     "mobilenet_v2": {"features": mobilenet_v2_features, "preprocessing": "tf", "applications": "MobileNetV2",
-                     "multi_grid": False},
+                     "multi_grid": False, "aux_features": None},
+    # torchvision's layout; weights come from keras_deeplab.convert.from_torchvision.
+    "mobilenet_v3_large": {"features": mobilenet_v3_large_features, "preprocessing": "torch", "applications": None,
+                           "multi_grid": False, "aux_features": "stride8"},
 }
 
 

@@ -11,6 +11,8 @@ import numpy as np
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "torchvision_deeplabv3"
 KEYS_RESNET50 = FIXTURES / "keys_resnet50.json"
+KEYS_MOBILENET_V3 = FIXTURES / "keys_mobilenet_v3_large.json"
+MOBILENET_V3_BN_WEIGHT_SHIFT = 0.6
 
 
 def torchvision_keys(keys_file=KEYS_RESNET50):
@@ -45,11 +47,16 @@ def deterministic_value(key, u):
     raise ValueError(f"No value rule for key {key!r}")
 
 
-def deterministic_state(keys, seed=0):
-    """{key: float32 array, torch layout} for [(key, shape)] `keys`, drawn in order from default_rng(seed)."""
+def deterministic_state(keys, seed=0, bn_weight_shift=0.0):
+    """{key: float32 array, torch layout} for [(key, shape)] `keys`, drawn in order from default_rng(seed).
+
+    `bn_weight_shift` is added to the BatchNorm (1-D) weights: MobileNetV3's fixture uses 0.6
+    (`MOBILENET_V3_BN_WEIGHT_SHIFT`), without which the input's signal fades out in its backbone."""
     rng = np.random.default_rng(seed)
     state = {}
     for key, shape in keys:
         u = rng.random(int(np.prod(shape))).reshape(shape)
         state[key] = deterministic_value(key, u).astype(np.float32)
+        if bn_weight_shift and len(shape) == 1 and key.endswith(".weight"):
+            state[key] = state[key] + np.float32(bn_weight_shift)
     return state
