@@ -4,6 +4,8 @@
 The peer is torchvision's deeplabv3_resnet50/101 (weights=None, no aux head, seeded initialisation); "ours" is
 the same network in keras_deeplab, built with torchvision's configuration and loaded with the peer's very
 weights (an .npz written by the torch worker), so both sides compute the same function on the same pixels.
+presets.py times a preset's architecture (randomly initialised) against torchvision's builder of the same name,
+deeplabv3_mobilenet_v3_large included.
 """
 import os
 import time
@@ -62,13 +64,19 @@ def _synchronize_torch(torch):
         torch.cuda.synchronize()
 
 
+TORCHVISION_BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large")  # torchvision's deeplabv3_<backbone>
+
+
 def torchvision_model(backbone="resnet50", seed=0):
-    """torchvision's deeplabv3_resnet50/101 with weights=None, 21 classes, no aux head, seeded init."""
+    """torchvision's deeplabv3_<backbone> (resnet50, resnet101, mobilenet_v3_large) with weights=None, 21
+    classes, no aux head, seeded init."""
     torch = _torch()
     from torchvision.models import segmentation
 
+    if backbone not in TORCHVISION_BACKBONES:
+        raise ValueError(f"no torchvision DeepLabV3 for backbone {backbone!r}; expected one of {TORCHVISION_BACKBONES}")
     torch.manual_seed(seed)
-    factory = {"resnet50": segmentation.deeplabv3_resnet50, "resnet101": segmentation.deeplabv3_resnet101}[backbone]
+    factory = getattr(segmentation, f"deeplabv3_{backbone}")
     return factory(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
 
 
@@ -93,8 +101,16 @@ class TorchInference:
         self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous().to(device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        import platform
+
+        import torchvision
+
         self.meta = {"framework": "torch", "channels_last": channels_last, "device": device,
-                     "parameters": sum(p.numel() for p in self.model.parameters())}
+                     "parameters": sum(p.numel() for p in self.model.parameters()),
+                     # the worker's own, which may be another interpreter than the driver's (harness.Worker)
+                     # (str: torch's version is a str subclass of torch's, which the driver may not import)
+                     "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                                  "torchvision": str(torchvision.__version__), "numpy": np.__version__}}
 
     def save_state(self, path):
         return save_state(self.model, path)
@@ -288,10 +304,27 @@ def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="a
                          atrous_implementation=atrous_implementation)
 
 
+def preset_model(preset, seed=0):
+    """The architecture of `keras_deeplab.presets.PRESETS[preset]` (its classes), randomly initialised (seeded):
+    no download; time does not depend on the weights."""
+    _tf()
+    import keras
+
+    from keras_deeplab.model import DeepLabV3
+    from keras_deeplab.presets import get_preset
+
+    spec = get_preset(preset)
+    keras.utils.set_random_seed(seed)
+    return DeepLabV3(num_classes=spec.num_classes or NUM_CLASSES, **spec.architecture)
+
+
 def build_model(source, **kwargs):
-    """`source` "torchvision" (kwargs: state_path, atrous_implementation, output_stride) or "paper"."""
+    """`source` "torchvision" (kwargs: state_path, atrous_implementation, output_stride), "paper" or "preset"
+    (kwargs: preset)."""
     if source == "torchvision":
         return torchvision_structure_model(**kwargs)
+    if source == "preset":
+        return preset_model(**kwargs)
     return paper_model(**kwargs)
 
 
@@ -305,6 +338,8 @@ class KerasInference:
                  model_kwargs=None):
         tf = self.tf = _tf()
         self.model = build_model(**(model_kwargs or {}))
+        # as built, before any folding: what torchvision's parameters() counts (no BatchNorm moving statistics)
+        trainable_parameters = sum(int(np.prod(w.shape)) for w in self.model.trainable_weights)
         if fold_bn:
             from keras_deeplab.fold import fold_batch_norm
 
@@ -318,7 +353,8 @@ class KerasInference:
         self.forward(self.images)
         self.meta = {"framework": "tensorflow", "jit_compile": jit_compile, "fold_bn": fold_bn,
                      "dynamic_shape": dynamic_shape,
-                     "first_call_s": time.perf_counter() - start, "parameters": model.count_params()}
+                     "first_call_s": time.perf_counter() - start, "parameters": model.count_params(),
+                     "trainable_parameters": trainable_parameters}
 
     def run(self):
         self.forward(self.images)

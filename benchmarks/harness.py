@@ -6,6 +6,10 @@ environment is set) returning an object with `run()` (one measured iteration) an
 merged into the result) and extra methods the driver may `call`. The driver warms every case up, then runs
 the cases round-robin (A, B, A, B, ...) so that machine drift and contention from other processes hit every
 case alike; ratios are computed per round from the adjacent runs.
+
+A case may run under another Python interpreter than the driver's (a spec's "python", e.g. a virtual environment
+with torch where the driver's has TF only): its worker is then this file run as a script by that interpreter,
+talking to the driver over an inherited socket, with the same protocol.
 """
 import json
 import math
@@ -13,6 +17,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -142,18 +147,46 @@ def _worker_main(conn, factory_spec, kwargs, env):
             pass
 
 
-class Worker:
-    """A case in its own (spawned) process."""
+class _InterpreterProcess:
+    """A worker under another Python interpreter: this file run as a script by `python`, given one end of a
+    socket pair (`conn`) as an inherited file descriptor. Stands in for a multiprocessing.Process in `Worker`."""
 
-    def __init__(self, name, factory_spec, kwargs=None, threads=2, env=None):
+    def __init__(self, python, conn):
+        fd = conn.fileno()
+        self.popen = subprocess.Popen([python, os.path.abspath(__file__), "--worker-fd", str(fd)],
+                                      pass_fds=(fd,), cwd=BENCH_DIR)
+
+    def join(self, timeout=None):
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def is_alive(self):
+        return self.popen.poll() is None
+
+    def kill(self):
+        self.popen.kill()
+        self.popen.wait()
+
+
+class Worker:
+    """A case in its own (spawned) process; with `python`, in a process of that interpreter instead of the
+    driver's (which then needs only the standard library and what the case imports)."""
+
+    def __init__(self, name, factory_spec, kwargs=None, threads=2, env=None, python=None):
         self.name = name
-        context = multiprocessing.get_context("spawn")
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main,
-                                       args=(child, factory_spec, kwargs or {},
-                                             {**thread_environment(threads), **(env or {})}),
-                                       daemon=True)
-        self.process.start()
+        worker_args = (factory_spec, kwargs or {}, {**thread_environment(threads), **(env or {})})
+        if python is None:
+            context = multiprocessing.get_context("spawn")
+            self.conn, child = context.Pipe()
+            self.process = context.Process(target=_worker_main, args=(child, *worker_args), daemon=True)
+            self.process.start()
+        else:
+            self.conn, child = multiprocessing.Pipe()  # duplex: a socket pair on POSIX
+            self.process = _InterpreterProcess(python, child)
+            child.close()  # the worker holds its end: its exit shows here as end of file
+            self.conn.send(worker_args)
         self.meta = self._receive()
 
     def _receive(self):
@@ -186,7 +219,7 @@ class Worker:
 
 
 def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, one_at_a_time=False):
-    """Starts one worker per spec ({"name", "factory", "kwargs", "env"}) in order, calling
+    """Starts one worker per spec ({"name", "factory", "kwargs", "env", "python"}) in order, calling
     `after_start(spec, worker)` after each start and `on_ready(workers)` once all run (checks); then
     alternates them (see `run_alternating`) and stops them. `one_at_a_time`: for cases that do not fit in
     memory together, each case runs alone (start, warm-up, runs, stop), one after another; no `on_ready`.
@@ -204,7 +237,8 @@ def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, 
     try:
         for spec in specs:
             log(f"starting {spec['name']}")
-            workers.append(Worker(spec["name"], spec["factory"], spec.get("kwargs"), threads, spec.get("env")))
+            workers.append(Worker(spec["name"], spec["factory"], spec.get("kwargs"), threads, spec.get("env"),
+                                  spec.get("python")))
             if after_start:
                 after_start(spec, workers[-1])
         extra = on_ready(workers) if on_ready else None
@@ -381,3 +415,18 @@ def case_specs(args, state_path, *, workload, our_variants, peer_variants, paper
                           "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
                                      "model_kwargs": {"source": "paper", **model}}})
     return specs
+
+
+def _interpreter_worker(fd):
+    """Entry of a worker started by `_InterpreterProcess`: the case's (factory, kwargs, environment) arrive first
+    on the socket `fd`, then the driver's commands."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    _worker_main(conn, *conn.recv())
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--worker-fd"] or len(sys.argv) != 3:
+        raise SystemExit("harness.py is a library; run as a script it is a worker: harness.py --worker-fd FD")
+    _interpreter_worker(int(sys.argv[2]))
