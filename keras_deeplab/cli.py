@@ -32,7 +32,11 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog="deeplab",
         description="keras_deeplab: DeepLabv3 semantic segmentation (Keras 3 / TensorFlow).",
-        epilog="Run 'deeplab COMMAND --help' for the options of a command.",
+        epilog="Run 'deeplab COMMAND --help' for the options of a command.\n\n"
+               "TensorFlow's own log lines (notices, warnings and errors of its C++ runtime) are hidden: deeplab\n"
+               "sets TF_CPP_MIN_LOG_LEVEL=3 unless it is set. To see them, set it yourself: 0 shows them all,\n"
+               "1 warnings and errors, 2 errors only.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():

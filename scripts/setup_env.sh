@@ -27,5 +27,4 @@ if [ "$pip_status" -ne 0 ]; then
   return "$pip_status" 2>/dev/null || exit "$pip_status"
 fi
 export PATH="$VENV/bin:$PATH"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 cd "$ROOT"

@@ -1,10 +1,23 @@
 """The `deeplab` console entry point, run as a user runs it: in a subprocess."""
+import os
 import pathlib
 import re
 import subprocess
 import sys
 
+import pytest
+import yaml
+
+from keras_deeplab import tf_logs
 from keras_deeplab.cli import COMMANDS
+from keras_deeplab.training import train
+from keras_deeplab.training.train import load_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "training" / "configs"
+
+# What TensorFlow 2.21 prints on a CPU machine (its libraries loading, device discovery, the first kernel).
+TF_NOISE = ("Could not find cuda drivers", "failed call to cuInit", "oneDNN custom operations are on",
+            "All log messages before absl::InitializeLog()", "cpu_feature_guard")
 
 
 def deeplab_command():
@@ -13,8 +26,16 @@ def deeplab_command():
     return [str(script)] if script.is_file() else [sys.executable, "-m", "keras_deeplab.cli"]
 
 
-def run_deeplab(*args):
-    return subprocess.run(deeplab_command() + list(args), capture_output=True, text=True, timeout=300)
+def run_deeplab(*args, env=None):
+    return subprocess.run(deeplab_command() + list(args), capture_output=True, text=True, timeout=300, env=env)
+
+
+def environment(tf_log_level=None):
+    """This environment with TF_CPP_MIN_LOG_LEVEL unset, or set to `tf_log_level`."""
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    if tf_log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = tf_log_level
+    return env
 
 
 def test_help_lists_every_subcommand():
@@ -49,3 +70,105 @@ def test_unknown_subcommand_fails_and_names_the_choices():
     result = run_deeplab("segment")
     assert result.returncode == 2
     assert "unknown command 'segment'" in result.stderr and "analyze-rates" in result.stderr
+
+
+def test_train_takes_a_shipped_configs_name_or_a_path(capsys):
+    expected = load_config(CONFIGS / "camvid_full.yaml", ["train.steps=150"])
+    result = run_deeplab("train", "--config", "camvid_full", "--set", "train.steps=150", "--print_config")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert yaml.safe_load(result.stdout) == expected
+    # The same in process: the name with its suffix, and a path.
+    for config in ("camvid_full.yaml", str(CONFIGS / "camvid_full.yaml")):
+        assert train.main(["--config", config, "--set", "train.steps=150", "--print_config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out) == expected, config
+
+
+def test_train_names_the_shipped_configs_for_an_unknown_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", "camvid_ful", "--print_config"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "'camvid_ful' is neither a file nor the name of a shipped config" in error
+    assert all(path.stem in error for path in CONFIGS.glob("*.yaml"))
+
+
+def test_command_output_is_free_of_tensorflows_log_lines():
+    result = run_deeplab("analyze-rates", "--crop-size", "65", "--rates", "1-4", env=environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "suggested largest rate" in result.stdout
+    assert not [noise for noise in TF_NOISE if noise in result.stderr], result.stderr
+
+
+# A program named `deeplab`, as the console script is: it imports keras_deeplab, lets TensorFlow find its devices
+# and run a kernel (where the device and CPU notices come), and prints the log level TensorFlow ran at.
+COMMAND_LIKE_SCRIPT = """
+import os
+import keras_deeplab
+import tensorflow as tf
+tf.config.list_physical_devices()
+print(float(tf.constant(1.0) + 1.0), os.environ.get("TF_CPP_MIN_LOG_LEVEL"))
+"""
+
+
+@pytest.mark.parametrize("user_level, level", [(None, tf_logs.DEFAULT_LEVEL), ("0", "0"), ("2", "2")])
+def test_the_command_runs_tensorflow_quietly_unless_the_user_sets_the_level(tmp_path, user_level, level):
+    script = tmp_path / "deeplab"
+    script.write_text(COMMAND_LIKE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env=environment(user_level))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["2.0", level]
+    if user_level is None:
+        assert not [noise for noise in TF_NOISE if noise in result.stderr], result.stderr
+
+
+def test_importing_the_library_leaves_tensorflows_logging_alone(tmp_path):
+    script = tmp_path / "my_program.py"
+    script.write_text(COMMAND_LIKE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env=environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[1] != tf_logs.DEFAULT_LEVEL
+
+
+@pytest.mark.parametrize("argv, orig_argv, expected", [
+    (["/venv/bin/deeplab", "train"], None, True),
+    (["deeplab-script.py"], None, True),
+    (["-m"], ["python", "-X", "dev", "-m", "keras_deeplab.cli", "demo"], True),
+    (["-m"], ["python", "-m", "pytest", "keras_deeplab.cli"], False),
+    (["my_program.py"], None, False),
+    (["-c"], ["python", "-c", "import keras_deeplab"], False),
+])
+def test_which_process_is_the_deeplab_command(monkeypatch, argv, orig_argv, expected):
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "orig_argv", orig_argv or ["python"] + argv)
+    assert tf_logs.is_deeplab_command() == expected
+
+
+# Stand-ins for what TensorFlow's libraries print while loading, before TensorFlow reads the level.
+LOADING_LINES = {
+    "notice": "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "info": "I0000 00:00:1796415924.641882    3909 port.cc:153] oneDNN custom operations are on.\n",
+    "warning": "2025-09-17 14:44:05.157831: W external/x.cc:9] a warning in TensorFlow's older format\n",
+    "error": "E0000 00:00:1796415924.641882    3909 cuda_platform.cc:52] an error\n",
+    "python": "a line of Python's\n",
+}
+
+
+@pytest.mark.parametrize("user_level, shown", [
+    (None, ["python"]),  # the command's default level, 3
+    ("2", ["error", "python"]),
+    ("1", ["notice", "warning", "error", "python"]),
+    ("0", list(LOADING_LINES)),
+])
+def test_the_command_drops_what_tensorflow_logs_while_loading_below_the_level(monkeypatch, capfd, user_level, shown):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/deeplab"])
+    if user_level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
+    capfd.readouterr()
+    with tf_logs.quiet_in_the_command():
+        for line in LOADING_LINES.values():
+            os.write(2, line.encode())
+    assert capfd.readouterr().err == "".join(LOADING_LINES[name] for name in shown)

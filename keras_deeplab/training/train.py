@@ -1,21 +1,26 @@
 """Training: `model.fit` of a DeepLabV3 under a tf.distribute strategy, driven by a YAML config.
 
-    deeplab train --config training/configs/camvid_demo.yaml --data_dir data/camvid --model_dir runs/demo
-    deeplab train --config training/configs/voc_train_aug.yaml --data_dir data/voc --model_dir runs/voc \\
+    deeplab train --config camvid_demo --data_dir data/camvid --model_dir runs/demo
+    deeplab train --config voc_train_aug --data_dir data/voc --model_dir runs/voc \\
         --set train.steps=60000 --set model.synchronized_bn=true
+    deeplab train --config my_config.yaml --set train.steps=100 --print_config
 
-A config has five sections (see DEFAULTS, the paper's PASCAL VOC setting); a config file may name a `base:`
-config (path relative to it) whose values it overrides. Batch size, learning rate and steps are global (the
-strategy splits each batch across replicas). `<model_dir>` receives model.keras (best by val mIoU, or the
-final model without validation), log.csv, TensorBoard logs/, config.yaml, and backup/ while unfinished: run
-the same command again after a crash to resume at the last backup (the end of an epoch, or every
-train.backup_every_steps steps within one), with the same total number of steps.
+`--config` takes a YAML file or the name of a config shipped with the package (the repository's
+training/configs/*.yaml, installed as keras_deeplab.configs). A config has five sections (see DEFAULTS, the
+paper's PASCAL VOC setting); a config file may name a `base:` config (path relative to it) whose values it
+overrides. Batch size, learning rate and steps are global (the strategy splits each batch across replicas).
+
+`<model_dir>` receives model.keras (best by val mIoU, or the final model without validation), log.csv,
+TensorBoard logs/, config.yaml, and backup/ while unfinished: run the same command again after a crash to resume
+at the last backup (the end of an epoch, or every train.backup_every_steps steps within one), with the same total
+number of steps.
 """
 import argparse
 import copy
 import math
 import os
 import sys
+from importlib.resources import files
 
 import keras
 import yaml
@@ -54,6 +59,8 @@ DEFAULTS = {
     "distribute": {"strategy": "auto", "logical_cpus": None},
 }
 MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
+# The shipped configs: the repository's training/configs/, installed as this package (pyproject.toml).
+CONFIG_PACKAGE = "keras_deeplab.configs"
 
 
 def merge_config(base, update, source="config"):
@@ -70,6 +77,25 @@ def merge_config(base, update, source="config"):
                                  f"{section} has {sorted(merged[section])}")
             merged[section][key] = value
     return merged
+
+
+def shipped_configs():
+    """The names of the configs shipped with the package ("voc_train_aug", ...), sorted."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in files(CONFIG_PACKAGE).iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def config_file(config):
+    """The file of `config`: a path to a YAML file, or the name of a shipped config, with or without ".yaml"
+    ("voc_train_aug"); FileNotFoundError naming the shipped configs otherwise."""
+    config = os.fspath(config)
+    if os.path.isfile(config):
+        return config
+    name = config.removesuffix(".yaml")
+    if os.path.basename(name) == name and name in shipped_configs():
+        return str(files(CONFIG_PACKAGE) / f"{name}.yaml")
+    raise FileNotFoundError(f"config {config!r} is neither a file nor the name of a shipped config; "
+                            f"shipped: {', '.join(shipped_configs())}")
 
 
 def read_config_file(path):
@@ -97,8 +123,9 @@ def parse_override(text):
 
 
 def load_config(path=None, overrides=()):
-    """DEFAULTS, updated by the config file at `path` (if any), then by `overrides` ("section.key=value")."""
-    config = merge_config(DEFAULTS, read_config_file(path), path) if path else copy.deepcopy(DEFAULTS)
+    """DEFAULTS, updated by the config `path` (a file or a shipped config's name, if any), then by `overrides`
+    ("section.key=value")."""
+    config = merge_config(DEFAULTS, read_config_file(config_file(path)), path) if path else copy.deepcopy(DEFAULTS)
     for text in overrides:
         config = merge_config(config, parse_override(text), f"override {text!r}")
     return check_config(config)
@@ -266,10 +293,10 @@ def train(config, data_dir, model_dir, *, verbose=1):
 def _parser():
     parser = argparse.ArgumentParser(prog="deeplab train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config",
-                        help="YAML config (training/configs/*.yaml); default: the paper's VOC setting")
-    parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
-    parser.add_argument("--model_dir", required=True, help="output directory; rerun with it to resume")
+    parser.add_argument("--config", help="YAML config file, or the name of a shipped config "
+                        f"({', '.join(shipped_configs())}); default: the paper's VOC setting")
+    parser.add_argument("--data_dir", help="prepared dataset (deeplab prepare); required to train")
+    parser.add_argument("--model_dir", help="output directory; rerun with it to resume; required to train")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML syntax), e.g. --set train.steps=100; repeatable")
     for flag, key, kind in (("--steps", "train.steps", int), ("--batch_size", "train.batch_size", int),
@@ -277,6 +304,8 @@ def _parser():
         parser.add_argument(flag, type=kind, help=f"same as --set {key}=VALUE")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar (default), 2 one line per epoch")
+    parser.add_argument("--print_config", action="store_true",
+                        help="print the resolved config (file, defaults and overrides) as YAML and exit")
     return parser
 
 
@@ -293,6 +322,12 @@ def main(argv=None):
         config = load_config(args.config, overrides)
     except (OSError, ValueError) as err:
         parser.error(str(err))
+    if args.print_config:
+        yaml.safe_dump(config, sys.stdout, sort_keys=False)
+        return 0
+    missing = [flag for flag in ("--data_dir", "--model_dir") if getattr(args, flag[2:]) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         train(config, args.data_dir, args.model_dir, verbose=args.verbose)
     except TrainingDivergedError as err:

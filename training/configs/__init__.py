@@ -1,0 +1,1 @@
+"""The shipped training configs (`*.yaml`), installed as `keras_deeplab.configs`: `deeplab train --config NAME`."""
