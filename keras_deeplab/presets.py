@@ -9,15 +9,18 @@ import argparse
 import dataclasses
 import os
 
+import keras
+
+from keras_deeplab import convert
 from keras_deeplab.backbones.imagenet import IMAGENET_WEIGHTS
+from keras_deeplab.convert import MOBILENET_V3_CONFIG, TORCHVISION_CONFIG
+from keras_deeplab.model import DeepLabV3
 from keras_deeplab.viz import class_names
 from keras_deeplab.weights import WeightsFile, cache_path, fetch, is_cached
 
 TORCHVISION_MODELS_URL = "https://download.pytorch.org/models/"
 # The classifier layers a different `num_classes` replaces.
 CLASSIFIER_LAYERS = ("logits_conv", "aux_logits_conv")
-# torchvision's DeepLabV3 head on every backbone: ASPP (12, 24, 36), dropout 0.5, 3x3 conv + BN + ReLU, 1x1.
-TORCHVISION_HEAD = {"atrous_rates": (12, 24, 36), "aspp_dropout": 0.5, "head_conv": True, "preprocessing": "torch"}
 # torchvision's published evaluation: COCO val2017, the 20 VOC categories, images resized to 520 (shorter side).
 COCO_VOC_EVALUATION = "COCO val2017 subset with the 20 VOC categories, shorter side resized to 520"
 
@@ -45,12 +48,12 @@ class Preset:
         return self.architecture["backbone"]
 
 
-def _torchvision_coco_voc(name, backbone, file, size, sha256, miou, pixel_accuracy, **architecture):
+def _torchvision_coco_voc(name, backbone, file, size, sha256, miou, pixel_accuracy, config):
     return Preset(
         name=name,
         description=f"torchvision's {name.removesuffix('_coco_voc')} trained on COCO with the 20 VOC categories "
                     "(COCO_WITH_VOC_LABELS_V1)",
-        architecture={"backbone": backbone, **TORCHVISION_HEAD, **architecture},
+        architecture={"backbone": backbone, **config, "preprocessing": "torch"},
         weights=WeightsFile(file, TORCHVISION_MODELS_URL, size, sha256),
         weights_format="torchvision",
         num_classes=21,
@@ -79,14 +82,14 @@ def _imagenet_backbone(backbone, weights):
 PRESETS = {preset.name: preset for preset in (
     _torchvision_coco_voc("deeplabv3_resnet50_coco_voc", "resnet50_v1.5", "deeplabv3_resnet50_coco-cd0a2569.pth",
                           168_312_152, "cd0a25694c4a0f7106b38f4938bf90a874f2f241cc410b8f63c7024399538f06",
-                          66.4, 92.4, output_stride=8, multi_grid=(1, 1, 1)),
+                          66.4, 92.4, TORCHVISION_CONFIG),
     _torchvision_coco_voc("deeplabv3_resnet101_coco_voc", "resnet101_v1.5", "deeplabv3_resnet101_coco-586e9e4e.pth",
                           244_545_539, "586e9e4e203fcbf17e1ad45533d8d33ab133fc762bf03101c5dd743995c08c0d",
-                          67.4, 92.4, output_stride=8, multi_grid=(1, 1, 1)),
+                          67.4, 92.4, TORCHVISION_CONFIG),
     _torchvision_coco_voc("deeplabv3_mobilenet_v3_large_coco_voc", "mobilenet_v3_large",
                           "deeplabv3_mobilenet_v3_large-fc3c493d.pth", 44_356_159,
                           "fc3c493d68e89cc31ef488c803d5d7dd2f3190fb570598faa49fef69be8e5e70",
-                          60.3, 91.2, output_stride=16),
+                          60.3, 91.2, MOBILENET_V3_CONFIG),
     *(_imagenet_backbone(backbone, weights) for backbone, weights in IMAGENET_WEIGHTS.items()),
 )}
 
@@ -127,10 +130,8 @@ def _resolve(name_or_path, base_url, cache_dir):
     return preset, fetch(preset.weights, base_url=base_url, cache_dir=cache_dir)
 
 
-def _build(preset, path, num_classes, overrides):
-    from keras_deeplab import convert
-    from keras_deeplab.model import DeepLabV3
-
+def _preset_model(preset, path, num_classes, overrides):
+    """The preset's model built with its architecture (and `overrides`) from its weight file at `path`."""
     architecture = {**preset.architecture, **overrides}
     if preset.weights_format == "keras.applications":
         if num_classes is None:
@@ -142,16 +143,12 @@ def _build(preset, path, num_classes, overrides):
         state = {key: value for key, value in state.items() if not key.startswith(convert.AUX_PREFIX)}
     model = DeepLabV3(num_classes=preset.num_classes, **architecture)
     convert.assign_torchvision_weights(model, state)
-    if num_classes is None or num_classes == preset.num_classes:
-        return model
-    return replace_classifier(model, num_classes)
+    return model
 
 
 def replace_classifier(model, num_classes, **overrides):
     """A copy of `model` with `num_classes` outputs (and other `DeepLabV3` arguments `overrides`): every weight
     carried over, but a new classifier's (`CLASSIFIER_LAYERS`, freshly initialized), for fine-tuning."""
-    from keras_deeplab.model import DeepLabV3
-
     clone = DeepLabV3.from_config({**model.get_config(), **overrides, "num_classes": int(num_classes)})
     keep_classifier = int(num_classes) == model.num_classes
     for layer in clone.layers:
@@ -170,19 +167,13 @@ def load_preset(name_or_path, *, num_classes=None, base_url=None, cache_dir=None
     name_or_path = os.fspath(name_or_path)
     preset, path = _resolve(name_or_path, base_url, cache_dir)
     if preset is not None:
-        return _build(preset, path, num_classes, overrides)
-    if path.endswith(".keras"):
-        import keras
-
+        model, overrides = _preset_model(preset, path, num_classes, overrides), {}
+    elif path.endswith(".keras"):
         model = keras.models.load_model(path)
     else:
-        from keras_deeplab.convert import from_torchvision
-
-        model = from_torchvision(path, aux_head=overrides.pop("aux_head", None))
-    if overrides:
-        model = replace_classifier(model, model.num_classes, **overrides)
-    if num_classes is not None and num_classes != model.num_classes:
-        model = replace_classifier(model, num_classes)
+        model = convert.from_torchvision(path, aux_head=overrides.pop("aux_head", None))
+    if overrides or (num_classes is not None and num_classes != model.num_classes):
+        model = replace_classifier(model, num_classes or model.num_classes, **overrides)
     return model
 
 

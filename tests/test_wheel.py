@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
+from helpers.serving_models import CAMVID_FILES, camvid_pixels
+from helpers.torch_format import write_pth
+from helpers.torchvision_state import KEYS_MOBILENET_V3, MOBILENET_V3_BN_WEIGHT_SHIFT
+from helpers.torchvision_state import deterministic_state, torchvision_keys
 from keras_deeplab.training.train import load_config
 
 pytestmark = pytest.mark.slow
@@ -100,3 +105,25 @@ def test_demo_without_the_sample_data_says_what_it_needs(installed):
     assert "Traceback" not in result.stderr
     for needed in ("CamVid", "--data PATH", "sample_data/camvid"):
         assert needed in result.stderr, result.stderr
+
+
+def test_pretrained_models_work_from_the_wheel(installed, tmp_path):
+    """`deeplab presets`, `from_preset` and `deeplab predict --preset` with a torchvision-format weight file on disk
+    (a MobileNetV3-Large DeepLabV3 written in torch's format), from the installed package."""
+    weights = tmp_path / "deeplabv3_mobilenet_v3_large_finetuned.pth"
+    keys = torchvision_keys(KEYS_MOBILENET_V3)
+    write_pth(weights, deterministic_state(keys, bn_weight_shift=MOBILENET_V3_BN_WEIGHT_SHIFT))
+    result = installed.run("-m", "keras_deeplab.cli", "presets")
+    assert result.returncode == 0 and "deeplabv3_resnet101_coco_voc" in result.stdout, result.stderr[-3000:]
+    script = ("import sys, keras_deeplab; m = keras_deeplab.DeepLabV3.from_preset(sys.argv[1], num_classes=3); "
+              "print(keras_deeplab.__file__, m.backbone, m.num_classes)")
+    result = installed.run("-c", script, str(weights))
+    assert result.returncode == 0, result.stderr[-3000:]
+    package = installed.site / "keras_deeplab"
+    assert result.stdout.split() == [str(package / "__init__.py"), "mobilenet_v3_large", "3"]
+    image = tmp_path / "photo.png"
+    Image.fromarray(camvid_pixels(CAMVID_FILES[0], (97, 65))).save(image)
+    result = installed.run("-m", "keras_deeplab.cli", "predict", str(image), "--preset", str(weights),
+                           "--colormap", "pascal", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Image.open(tmp_path / "out" / "photo_labels.png").size == (97, 65)
