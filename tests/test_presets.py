@@ -159,3 +159,12 @@ def test_deeplab_presets_lists_every_preset_and_what_is_cached(tmp_path):
     assert set(presets.PRESETS) - {PRESET} <= set(rows)  # the test preset exists in this process only
     assert rows[preset.name][-1] == "yes" and rows["deeplabv3_resnet50_coco_voc"][-1] == "no"
     assert "mIoU 66.4" in result.stdout and "160.5 MiB" in result.stdout
+
+
+@pytest.mark.slow
+def test_deeplab_export_with_a_preset_writes_a_servable_version_with_its_classes(weights_server, tmp_path):
+    base_dir = tmp_path / "saved_models" / "deeplabv3"
+    assert export.main(["--preset", PRESET, "--base_dir", str(base_dir)]) == 0
+    info = predict.read_export_info(base_dir / "1")
+    assert info["class_names"] == list(viz.class_names("pascal")) and info["colormap"] == "pascal"
+    assert info["max_long_side"] == presets.PRESETS[PRESET].max_long_side
