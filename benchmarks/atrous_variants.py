@@ -15,10 +15,16 @@ import contextlib
 
 from keras import ops
 
-from keras_deeplab import layers as library_layers
 from keras_deeplab.backbones import resnet as library_resnet
+from keras_deeplab.layers import AtrousConv2D as Library, aspp as library_aspp, spatial_size
+from keras_deeplab.layers.shifted import COLUMN_TRIM_RATIO, shifted_conv, tap_offsets
 
-Library = library_layers.AtrousConv2D
+
+def _bias_and_activation(layer, outputs):
+    """What a convolution layer's call does after the convolution itself."""
+    if layer.use_bias:
+        outputs = outputs + layer.bias
+    return outputs if layer.activation is None else layer.activation(outputs)
 
 
 class PerTapAtrousConv2D(Library):
@@ -27,12 +33,12 @@ class PerTapAtrousConv2D(Library):
     def call(self, inputs):
         kh, kw = self.kernel_size
         rh, rw = self.dilation_rate
-        rows = library_layers._tap_offsets(kh, rh, inputs.shape[1])
-        cols = library_layers._tap_offsets(kw, rw, inputs.shape[2])
+        rows = tap_offsets(kh, rh, inputs.shape[1])
+        cols = tap_offsets(kw, rw, inputs.shape[2])
         pad_h = max(abs(d) for _, d in rows)
         pad_w = max(abs(d) for _, d in cols)
         padded = ops.pad(inputs, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]])
-        height, width = library_layers.spatial_size(inputs)
+        height, width = spatial_size(inputs)
         outputs = None
         for i, dy in rows:
             for j, dx in cols:
@@ -40,22 +46,26 @@ class PerTapAtrousConv2D(Library):
                     padded, [0, pad_h + dy, pad_w + dx, 0], [ops.shape(inputs)[0], height, width, ops.shape(inputs)[3]])
                 term = ops.matmul(window, self.kernel[i, j])
                 outputs = term if outputs is None else outputs + term
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return outputs if self.activation is None else self.activation(outputs)
-
-
-class RowGroupedAtrousConv2D(Library):
-    """The library's form without column trimming, at every rate > 1."""
-
-    COLUMN_TRIM_RATIO = float("inf")
-    NATIVE_MAX_RATE = 1
+        return _bias_and_activation(self, outputs)
 
 
 class ShiftedAtrousConv2D(Library):
-    """The library's form at every rate > 1 (no native kernel at small rates)."""
+    """The library's shifted form at every rate > 1 (no native kernel or Winograd at small rates), trimming
+    columns at `column_trim_ratio`."""
 
-    NATIVE_MAX_RATE = 1
+    column_trim_ratio = COLUMN_TRIM_RATIO
+
+    def call(self, inputs):
+        if max(self.dilation_rate) == 1:
+            return super().call(inputs)
+        outputs = shifted_conv(inputs, ops.convert_to_tensor(self.kernel), self.dilation_rate, self.column_trim_ratio)
+        return _bias_and_activation(self, outputs)
+
+
+class RowGroupedAtrousConv2D(ShiftedAtrousConv2D):
+    """The library's shifted form without column trimming, at every rate > 1."""
+
+    column_trim_ratio = float("inf")
 
 
 class TFDilatedAtrousConv2D(Library):
@@ -65,9 +75,7 @@ class TFDilatedAtrousConv2D(Library):
         import tensorflow as tf
 
         outputs = tf.nn.conv2d(inputs, self.kernel, strides=1, padding="SAME", dilations=list(self.dilation_rate))
-        if self.use_bias:
-            outputs = outputs + self.bias
-        return outputs if self.activation is None else self.activation(outputs)
+        return _bias_and_activation(self, outputs)
 
 
 VARIANTS = {"per_tap": PerTapAtrousConv2D, "rows": RowGroupedAtrousConv2D, "shifted": ShiftedAtrousConv2D,
@@ -81,9 +89,9 @@ def patched(variant):
         yield
         return
     cls = VARIANTS[variant]
-    saved = library_layers.AtrousConv2D, library_resnet.AtrousConv2D
-    library_layers.AtrousConv2D = library_resnet.AtrousConv2D = cls
+    saved = library_aspp.AtrousConv2D, library_resnet.AtrousConv2D
+    library_aspp.AtrousConv2D = library_resnet.AtrousConv2D = cls
     try:
         yield
     finally:
-        library_layers.AtrousConv2D, library_resnet.AtrousConv2D = saved
+        library_aspp.AtrousConv2D, library_resnet.AtrousConv2D = saved

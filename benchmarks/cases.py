@@ -80,6 +80,17 @@ def torchvision_model(backbone="resnet50", seed=0):
     return factory(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
 
 
+def torchvision_on_device(backbone, seed, training, channels_last):
+    """(torch, device, `torchvision_model` in training or eval mode on the measured device, channels-last if
+    asked)."""
+    torch = _torch()
+    device = _torch_device()
+    model = torchvision_model(backbone, seed).train(training).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch, device, model
+
+
 def save_state(model, path):
     """Writes a torch model's state dict to `path` (.npz) for the Keras side."""
     np.savez(path, **{key: value.detach().cpu().numpy() for key, value in model.state_dict().items()})
@@ -91,13 +102,9 @@ class TorchInference:
     model does it inside), under `torch.inference_mode`."""
 
     def __init__(self, backbone="resnet50", batch=1, size=513, channels_last=False, seed=0):
-        torch = _torch()
+        torch, device, self.model = torchvision_on_device(backbone, seed, False, channels_last)
         self.torch = torch
-        device = _torch_device()
-        self.model = torchvision_model(backbone, seed).eval().to(device)
         self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous().to(device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
@@ -155,13 +162,8 @@ class TorchTrainStep:
     255, momentum 0.9 and weight decay 1e-4: the paper's loss and optimizer as a torch user writes them."""
 
     def __init__(self, backbone="resnet50", batch=2, size=321, channels_last=False, seed=0):
-        torch = _torch()
+        torch, device, self.model = torchvision_on_device(backbone, seed, True, channels_last)
         self.torch = torch
-        device = _torch_device()
-        self.model = torchvision_model(backbone, seed).train().to(device)
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
         pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -246,12 +248,12 @@ def _library_switches(split_wide_convs, winograd):
     """For this worker process (the settings are read when the model is traced): `split_wide_convs` False makes
     `layers.Conv2D` compute all its output channels in one kernel; `winograd` False keeps `layers.AtrousConv2D`'s
     "auto" on the direct forms in inference too."""
-    from keras_deeplab.layers import AtrousConv2D, Conv2D
+    from keras_deeplab.layers import Conv2D, convolution
 
     if not split_wide_convs:
         Conv2D.MAX_OUTPUT_CHANNELS = None
     if not winograd:
-        AtrousConv2D.WINOGRAD_MAX_RATE = 0
+        convolution.WINOGRAD_MAX_RATE = 0
 
 
 def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,

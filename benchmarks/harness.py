@@ -19,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -69,38 +70,71 @@ def gpu_names():
     return [line.strip() for line in listing.splitlines() if line.strip()]
 
 
-def peak_rss_mb(pid="self"):
-    """Peak resident set size (VmHWM) of a process in MiB, or None if unreadable."""
+def _status_mb(field, pid):
+    """A memory field of /proc/PID/status ("VmHWM", "VmRSS") in MiB, or None if unreadable."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid="self"):
+    """Peak resident set size (VmHWM) of a process in MiB, or None if unreadable."""
+    return _status_mb("VmHWM", pid)
 
 
 def current_rss_mb(pid="self"):
     """Current resident set size (VmRSS) of a process in MiB, or None if unreadable."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+    return _status_mb("VmRSS", pid)
 
 
-def reset_peak_rss():
-    """Resets this process's VmHWM to its current RSS (Linux >= 4.0), so the peak covers what follows only."""
+def reset_peak_rss(pid="self"):
+    """Resets a process's VmHWM to its current RSS (Linux >= 4.0), so the peak covers what follows only."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:
         return False
+
+
+def add_run_arguments(parser, *, repeats, threads=None):
+    """The options of a driver that alternates cases in workers: --threads (default: every core), --repeats,
+    --warmup and --device."""
+    parser.add_argument("--threads", type=int, default=threads or os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
+
+
+def add_suite_arguments(parser, *, our_variants, paper_models, ours, peers, paper_default):
+    """The options that choose the cases of `case_specs`: --suite, --backbone, --ours, --peers, --paper-models."""
+    parser.add_argument("--suite", choices=("peer", "paper"), default="peer")
+    parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50",
+                        help="peer suite: the ResNet depth of both models")
+    parser.add_argument("--ours", default=ours,
+                        help=f"peer suite: comma-separated variants of ours, from {sorted(our_variants)}")
+    parser.add_argument("--peers", default=peers,
+                        help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
+    parser.add_argument("--paper-models", default=paper_default,
+                        help=f"paper suite: comma-separated models, from {sorted(paper_models)}")
+
+
+def tensorflow_in_process(threads):
+    """TensorFlow for a benchmark that measures in its own process (no workers), its thread pools fixed to
+    `threads`; keras_deeplab is imported first, as by users, which selects TF's pooled CPU allocator."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras_deeplab  # noqa: F401
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf
 
 
 def _load_factory(spec):
@@ -248,6 +282,25 @@ def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, 
     finally:
         for worker in workers:
             worker.stop()
+
+
+def run_suite(args, case_specs, on_ready=None, one_at_a_time=False):
+    """`run_cases` for the specs `case_specs(args, state_path)` returns, where the first peer to start writes the
+    torchvision weights (its `save_state`) to `state_path`, a temporary file the Keras cases load.
+
+    Returns (specs, times, metas, what `on_ready(workers, specs)` returned)."""
+    with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
+        state_path = os.path.join(folder, "torchvision_state.npz")
+        specs = case_specs(args, state_path)
+
+        def save_peer_state(spec, worker):
+            if spec["role"] == "peer" and not os.path.exists(state_path):
+                worker.call("save_state", state_path)
+
+        times, metas, extra = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=save_peer_state,
+                                        on_ready=on_ready and (lambda workers: on_ready(workers, specs)),
+                                        one_at_a_time=one_at_a_time)
+    return specs, times, metas, extra
 
 
 def case_statistics(times):

@@ -16,12 +16,11 @@ JSON line per case and per ours/peer pair, then Markdown tables.
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
-from harness import (DEVICES, use_device, case_specs as harness_case_specs, case_statistics, emit, log, machine_info,
-                     markdown_table, pair_statistics, run_cases, PEER_VARIANTS)
+from harness import (PEER_VARIANTS, add_run_arguments, add_suite_arguments, case_specs as harness_case_specs,
+                     case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_suite, use_device)
 
 # Our variants: name -> (KerasInference kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -57,22 +56,11 @@ PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("peer", "paper"), default="peer")
-    parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50",
-                        help="peer suite: the ResNet depth of both models")
+    add_suite_arguments(parser, our_variants=OUR_VARIANTS, paper_models=PAPER_MODELS, ours="ours,ours_folded",
+                        peers="torchvision,torchvision_cl", paper_default=",".join(PAPER_MODELS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--size", type=int, default=513)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--ours", default="ours,ours_folded",
-                        help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
-    parser.add_argument("--peers", default="torchvision,torchvision_cl",
-                        help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
-    parser.add_argument("--paper-models", default=",".join(PAPER_MODELS),
-                        help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
+    add_run_arguments(parser, repeats=5)
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     return parser.parse_args(argv)
 
@@ -93,16 +81,7 @@ def main(argv=None):
     context = {"record": "context", "benchmark": "inference", "suite": args.suite, "input_size": args.size,
                "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
     emit(context)
-    with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
-        state_path = os.path.join(folder, "torchvision_state.npz")
-        specs = case_specs(args, state_path)
-
-        def write_weights(spec, worker):
-            if spec["role"] == "peer" and not os.path.exists(state_path):
-                worker.call("save_state", state_path)
-
-        times, metas, checks = run_cases(specs, args.repeats, args.warmup, args.threads,
-                                         after_start=write_weights, on_ready=lambda w: model_checks(w, specs))
+    specs, times, metas, checks = run_suite(args, case_specs, on_ready=model_checks)
     context["load_average_at_end"] = os.getloadavg()
     report(args, specs, times, metas, checks, context)
 

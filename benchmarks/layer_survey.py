@@ -10,12 +10,11 @@ Random weights (timing does not depend on them). One process, the threads fixed 
 line per layer and a summary line, then a Markdown table.
 """
 import argparse
-import json
 import os
 import statistics
 import time
 
-from harness import machine_info
+from harness import emit, machine_info, tensorflow_in_process
 
 
 def median_ms(function, x, repeats):
@@ -34,28 +33,24 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--unsplit", action="store_true", help="layers.Conv2D.MAX_OUTPUT_CHANNELS = None")
-    parser.add_argument("--direct", action="store_true", help="layers.AtrousConv2D.WINOGRAD_MAX_RATE = 0")
+    parser.add_argument("--direct", action="store_true", help="layers.convolution.WINOGRAD_MAX_RATE = 0")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras_deeplab  # noqa: F401  (first: it selects TF's pooled CPU allocator, as for users)
+    tf = tensorflow_in_process(args.threads)
     import keras
     import numpy as np
-    import tensorflow as tf
 
     from flops import keras_macs
     from keras_deeplab.convert import TORCHVISION_CONFIG
     from keras_deeplab.fold import fold_batch_norm
-    from keras_deeplab.layers import ASPP, AtrousConv2D, Conv2D
+    from keras_deeplab.layers import ASPP, Conv2D, convolution
     from keras_deeplab.model import DeepLabV3
 
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if args.unsplit:
         Conv2D.MAX_OUTPUT_CHANNELS = None
     if args.direct:
-        AtrousConv2D.WINOGRAD_MAX_RATE = 0
-    print(json.dumps({"record": "context", "benchmark": "layer_survey", "size": args.size, "unsplit": args.unsplit,
-                      "direct": args.direct, "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
+        convolution.WINOGRAD_MAX_RATE = 0
+    emit({"record": "context", "benchmark": "layer_survey", "size": args.size, "unsplit": args.unsplit,
+          "direct": args.direct, "repeats": args.repeats, **machine_info(args.threads)})
     keras.utils.set_random_seed(0)
     model = DeepLabV3(num_classes=21, backbone="resnet50_v1.5", preprocessing="torch", **TORCHVISION_CONFIG)
     served = fold_batch_norm(model)
@@ -74,11 +69,11 @@ def main(argv=None):
                "kernel": list(layer.kernel.shape) if hasattr(layer, "kernel") else None,
                "rate": list(layer.dilation_rate) if hasattr(layer, "dilation_rate") else None,
                "ms": ms, "gmacs": macs / 1e9, "gflops_per_s": 2 * macs / ms / 1e6}
-        print(json.dumps(row), flush=True)
+        emit(row)
         rows.append(row)
     whole = median_ms(tf.function(lambda x: served(x, training=False)), tf.constant(images), args.repeats)
     total = sum(row["ms"] for row in rows)
-    print(json.dumps({"record": "summary", "benchmark": "layer_survey", "layers_ms": total, "forward_ms": whole}))
+    emit({"record": "summary", "benchmark": "layer_survey", "layers_ms": total, "forward_ms": whole})
     print(f"\nLayer survey, R50 OS8 (torchvision structure, BN folded), {args.size}x{args.size}, batch 1, "
           f"{args.threads} threads, median of {args.repeats}{', unsplit' if args.unsplit else ''}\n")
     print("| layer | kind | input | kernel | rate | ms | nominal GMAC | GFLOP/s |")

@@ -9,13 +9,12 @@ One process, 2 threads by default, forms alternating within each round. Prints a
 a Markdown table (median ms).
 """
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
-from harness import machine_info
+from harness import emit, machine_info, tensorflow_in_process
 
 ATROUS_CASES = [(256, 256, 2), (512, 512, 4), (2048, 256, 12), (2048, 256, 24), (2048, 256, 36)]
 POINTWISE_CASES = [(1024, 256), (256, 1024), (2048, 512), (512, 2048), (1024, 2048), (512, 1024)]
@@ -23,7 +22,7 @@ POINTWISE_CASES = [(1024, 256), (256, 1024), (2048, 512), (512, 2048), (1024, 20
 
 def atrous_forms(trim_ratios=()):
     """Name -> constructor (filters, rate); `trim_ratios` adds the library's form at other COLUMN_TRIM_RATIOs."""
-    from atrous_variants import VARIANTS
+    from atrous_variants import VARIANTS, ShiftedAtrousConv2D
     from keras_deeplab.layers import AtrousConv2D
 
     forms = {"library_auto": lambda f, r: AtrousConv2D(f, 3, dilation_rate=r, use_bias=False),
@@ -32,7 +31,7 @@ def atrous_forms(trim_ratios=()):
     for name in ("per_tap", "rows", "shifted"):
         forms[name] = lambda f, r, cls=VARIANTS[name]: cls(f, 3, dilation_rate=r, use_bias=False)
     for ratio in trim_ratios:
-        cls = type(f"AtrousConv2DTrim{ratio}", (AtrousConv2D,), {"COLUMN_TRIM_RATIO": ratio})
+        cls = type(f"AtrousConv2DTrim{ratio}", (ShiftedAtrousConv2D,), {"column_trim_ratio": ratio})
         forms[f"library_trim_ratio_{ratio}"] = lambda f, r, cls=cls: cls(f, 3, dilation_rate=r, use_bias=False)
     return forms
 
@@ -91,17 +90,13 @@ def main(argv=None):
     parser.add_argument("--pointwise-cases", default=",".join(f"{i}:{o}" for i, o in POINTWISE_CASES),
                         help="comma-separated in:out 1x1 convolutions ('' for none)")
     parser.add_argument("--trim-ratios", default="",
-                        help="comma-separated AtrousConv2D.COLUMN_TRIM_RATIOs to time beside the library's")
+                        help="comma-separated column trim ratios (layers.shifted.COLUMN_TRIM_RATIO) to time "
+                        "beside the library's")
     parser.add_argument("--forms", default="", help="comma-separated atrous forms to time (default: all)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras_deeplab  # noqa: F401  (first: it selects TF's pooled CPU allocator, as for users)
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    print(json.dumps({"record": "context", "benchmark": "layer_timing", "size": args.size, "batch": args.batch,
-                      "repeats": args.repeats, **machine_info(args.threads)}), flush=True)
+    tf = tensorflow_in_process(args.threads)
+    emit({"record": "context", "benchmark": "layer_timing", "size": args.size, "batch": args.batch,
+          "repeats": args.repeats, **machine_info(args.threads)})
     rows = []
     cases = [("atrous", *map(int, case.split(":"))) for case in args.atrous_cases.split(",") if case]
     cases += [("pointwise", *map(int, case.split(":")), None) for case in args.pointwise_cases.split(",") if case]
@@ -118,7 +113,7 @@ def main(argv=None):
                       "rate": rate, "form": name, "forward_ms": forward, "forward_backward_ms": forward_backward,
                       "forward_median_ms": statistics.median(forward),
                       "forward_backward_median_ms": statistics.median(forward_backward)}
-            print(json.dumps(record), flush=True)
+            emit(record)
             rows.append(record)
     print(f"\nLayer timing, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, median of "
           f"{args.repeats} (ms, forward / forward+backward)\n")

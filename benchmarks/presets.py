@@ -23,8 +23,8 @@ import argparse
 import os
 import sys
 
-from harness import (DEVICES, case_statistics, emit, log, machine_info, markdown_table, pair_statistics, run_cases,
-                     use_device)
+from harness import (add_run_arguments, case_statistics, emit, log, machine_info, markdown_table, pair_statistics,
+                     run_cases, use_device)
 
 # preset -> torchvision's deeplabv3_<backbone> of the same architecture (cases.TORCHVISION_BACKBONES)
 PEERS = {"deeplabv3_resnet50_coco_voc": "resnet50",
@@ -38,15 +38,11 @@ def parse_args(argv):
     parser.add_argument("--presets", default=",".join(PEERS),
                         help=f"comma-separated presets, from {list(PEERS)}")
     parser.add_argument("--size", type=int, default=520, help="square input side (torchvision evaluates at 520)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    add_run_arguments(parser, repeats=5, threads=2)
     parser.add_argument("--torch-python", default=sys.executable,
                         help="Python interpreter with torch and torchvision for the peer's worker")
     parser.add_argument("--static-shape", action="store_true",
                         help="trace ours for the measured size only instead of any size (as the export does)")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
     args = parser.parse_args(argv)
     args.presets = [name for name in args.presets.split(",") if name]
     unknown = [name for name in args.presets if name not in PEERS]

@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from harness import (DEVICES, use_device, REPO_ROOT, Worker, case_statistics, emit, log, machine_info, markdown_table,
-                     pair_statistics, peak_rss_mb, run_cases, thread_environment)
+from harness import (REPO_ROOT, Worker, add_run_arguments, case_statistics, emit, log, machine_info, markdown_table,
+                     pair_statistics, peak_rss_mb, reset_peak_rss, run_cases, thread_environment, use_device)
 
 MODEL_NAME = "deeplabv3"
 SIGNATURE = "serving_default"
@@ -229,11 +229,7 @@ def parse_args(argv):
     parser.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                         help="export without folding BatchNorm (the library folds by default)")
     parser.add_argument("--size", type=int, default=513)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
+    add_run_arguments(parser, repeats=5)
     parser.add_argument("--concurrency", default="1,8", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--requests-per-client", type=int, default=2)
     return parser.parse_args(argv)
@@ -276,8 +272,7 @@ def main(argv=None):
 
             def checks(workers):
                 outputs = {w.name: w.call("output") for w in workers}
-                with open(f"/proc/{server.pid}/clear_refs", "w") as f:
-                    f.write("5")
+                reset_peak_rss(server.pid)
                 return {name: int(np.sum(out != outputs["session"])) for name, out in outputs.items()}
 
             times, metas, mismatches = run_cases(specs, args.repeats, args.warmup, args.threads, on_ready=checks)

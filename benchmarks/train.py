@@ -13,10 +13,9 @@ includes tracing); wall and CPU time per step are recorded.
 import argparse
 import os
 import sys
-import tempfile
 
-from harness import (DEVICES, use_device, case_specs as harness_case_specs, case_statistics, emit, machine_info,
-                     markdown_table, pair_statistics, run_cases, PEER_VARIANTS)
+from harness import (PEER_VARIANTS, add_run_arguments, add_suite_arguments, case_specs as harness_case_specs,
+                     case_statistics, emit, machine_info, markdown_table, pair_statistics, run_suite, use_device)
 
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
@@ -42,21 +41,11 @@ PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("peer", "paper"), default="peer")
-    parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50")
+    add_suite_arguments(parser, our_variants=OUR_VARIANTS, paper_models=PAPER_MODELS, ours="ours,ours_per_tap",
+                        peers="torchvision", paper_default="paper_r101_os16,mobilenet_v2_os16")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=321, help="crop size")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--ours", default="ours,ours_per_tap",
-                        help=f"peer suite: comma-separated variants of ours, from {sorted(OUR_VARIANTS)}")
-    parser.add_argument("--peers", default="torchvision",
-                        help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
-    parser.add_argument("--paper-models", default="paper_r101_os16,mobilenet_v2_os16",
-                        help=f"paper suite: comma-separated models, from {sorted(PAPER_MODELS)}")
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="gpu: both frameworks on the first GPU, float32 without TF32; cpu hides the GPUs")
+    add_run_arguments(parser, repeats=3)
     parser.add_argument("--one-at-a-time", action="store_true",
                         help="run each case alone, one after another, for cases that do not fit in memory "
                              "together (crop 513, batch 8 on 24 GiB); the per-round ratios then pair runs "
@@ -76,16 +65,7 @@ def main(argv=None):
                "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup,
                "one_at_a_time": args.one_at_a_time, **machine_info(args.threads)}
     emit(context)
-    with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
-        state_path = os.path.join(folder, "torchvision_state.npz")
-        specs = case_specs(args, state_path)
-
-        def write_weights(spec, worker):
-            if spec["role"] == "peer" and not os.path.exists(state_path):
-                worker.call("save_state", state_path)
-
-        times, metas, _ = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=write_weights,
-                                    one_at_a_time=args.one_at_a_time)
+    specs, times, metas, _ = run_suite(args, case_specs, one_at_a_time=args.one_at_a_time)
     context["load_average_at_end"] = os.getloadavg()
     records = []
     for spec in specs:

@@ -2,22 +2,31 @@
 __version__ = "0.1.0"
 
 from keras_deeplab.allocator import use_pooled_cpu_allocator
-from keras_deeplab.tf_logs import quiet_in_the_command
+from keras_deeplab.tf_logs import is_deeplab_command, quiet_in_the_command
+
+__all__ = ["ASPP", "AtrousConv2D", "DeepLabV3", "ImagePreprocessing", "ResizeLike", "__version__"]
 
 # Before anything creates a TF tensor: TF picks its CPU allocator at the first one.
 use_pooled_cpu_allocator()
 
-# The `deeplab` command hides TensorFlow's log lines, including those TF prints while it loads, unless the user sets
-# TF_CPP_MIN_LOG_LEVEL; in any other program this import leaves TensorFlow's logging alone (tf_logs.py).
-with quiet_in_the_command():
-    import tensorflow  # noqa: E402, F401
 
-# Eager on purpose (not a lazy PEP 562 __getattr__): importing these modules registers the custom classes,
-# and keras.models.load_model finds custom classes only in that registry (it imports a config's `module`
-# only for Keras' own packages), so `import keras_deeplab` must be enough to load a saved .keras file.
-# tests/test_model.py::test_saved_model_loads_in_a_fresh_process_after_import_keras_deeplab checks it.
+def load_classes():
+    """Imports TensorFlow and the modules that register the package's Keras classes, binding the names of
+    `__all__`: what `import keras_deeplab` does, except in the `deeplab` command, whose cli.py calls this before it
+    runs a subcommand (so that `deeplab --help` needs no TensorFlow).
 
-from keras_deeplab.layers import ASPP, AtrousConv2D, ImagePreprocessing, ResizeLike  # noqa: E402
-from keras_deeplab.model import DeepLabV3  # noqa: E402
+    Eager on purpose (not a lazy PEP 562 __getattr__): keras.models.load_model finds custom classes only in Keras'
+    registry (it imports a config's `module` only for Keras' own packages), so `import keras_deeplab` must be
+    enough to load a saved .keras file; tests/test_model.py checks it. The `deeplab` command hides TensorFlow's log
+    lines, including those TF prints while it loads, unless the user sets TF_CPP_MIN_LOG_LEVEL; in any other
+    program TensorFlow's logging is left alone (tf_logs.py)."""
+    global ASPP, AtrousConv2D, DeepLabV3, ImagePreprocessing, ResizeLike
+    with quiet_in_the_command():
+        import tensorflow  # noqa: F401
+    from keras_deeplab.layers import ASPP, AtrousConv2D, ImagePreprocessing, ResizeLike
+    from keras_deeplab.model import DeepLabV3
+    import keras_deeplab.fold  # noqa: F401 - registers FoldedBatchNorm, so folded .keras files load too
 
-__all__ = ["ASPP", "AtrousConv2D", "DeepLabV3", "ImagePreprocessing", "ResizeLike", "__version__"]
+
+if not is_deeplab_command():
+    load_classes()

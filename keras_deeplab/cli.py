@@ -1,13 +1,17 @@
 """The `deeplab` command: one subcommand per job, each implemented by a `main(argv)` elsewhere.
 
-Subcommands are imported lazily: a command loads only its own modules (the data, training or serving stacks).
-The `keras_deeplab` package itself is imported eagerly, Keras and TensorFlow included, because importing it
-registers the custom classes that `keras.models.load_model` needs; so even `deeplab --help` takes the few
-seconds TensorFlow needs to import.
+Subcommands are imported lazily: a command loads only its own modules (the data, training or serving stacks), and
+`deeplab --help` imports no TensorFlow (the package defers its eager imports in this command: __init__.py). Before
+running a subcommand, `main` imports TensorFlow and registers the package's Keras classes (`load_classes`), as
+`import keras_deeplab` does elsewhere; a subcommand's own --help skips that, so it is quick where the subcommand's
+module does not import TensorFlow itself (analyze-rates, demo).
 """
 import argparse
 import importlib
 import sys
+
+import keras_deeplab
+from keras_deeplab.tf_logs import quiet_in_the_command
 
 # name -> (module:function taking argv, one-line help)
 COMMANDS = {
@@ -26,6 +30,7 @@ COMMANDS = {
     "summary": ("keras_deeplab.complexity:main", "print parameters and GFLOPs of model variants"),
     "presets": ("keras_deeplab.presets:main", "list the pretrained models and whether they are cached"),
 }
+HELP_FLAGS = ("-h", "--help")
 
 
 def _parser():
@@ -44,17 +49,27 @@ def _parser():
     return parser
 
 
+def _asks_for_help(argv):
+    """Whether argparse will answer `argv` (a subcommand's arguments) with its help: -h or --help before any `--`."""
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    return any(flag in options for flag in HELP_FLAGS)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv or argv[0] in HELP_FLAGS:
         parser.print_help()
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
     module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    # Whatever imports TensorFlow here (load_classes, or a subcommand's module), its loading log lines stay hidden.
+    with quiet_in_the_command():
+        if not _asks_for_help(rest):
+            keras_deeplab.load_classes()
+        func = getattr(importlib.import_module(module_name), func_name)
     return func(rest) or 0
 
 

@@ -53,11 +53,8 @@ def _aspp_macs(aspp, input_shape):
     """MACs of ASPP's sublayers on a feature map of `input_shape` (the pooling branch runs on 1x1)."""
     feature_shape = tuple(input_shape[:-1]) + (aspp.filters,)
     pooled_shape = (input_shape[0], 1, 1, aspp.filters)
-    macs = 0
-    for index, conv in enumerate(aspp.branch_convs):
-        pooled = aspp.image_pooling and index == len(aspp.branch_convs) - 1
-        macs += _conv_macs(conv, pooled_shape if pooled else feature_shape)
-    return macs + _conv_macs(aspp.project_conv, feature_shape)
+    return sum(_conv_macs(part.conv, pooled_shape if part.kind == "pooling" else feature_shape)
+               for part in aspp.parts())
 
 
 def count_macs(model, image_size=None):

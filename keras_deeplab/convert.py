@@ -93,11 +93,10 @@ def torchvision_module(layer_name):
 
 
 def _aspp_modules(aspp):
-    pooling = len(aspp.branch_convs) - 1 if aspp.image_pooling else None
-    for index, (conv, bn) in enumerate(zip(aspp.branch_convs, aspp.branch_bns)):
-        position = 1 if index == pooling else 0
-        yield conv, ASPP_BRANCH.format(index=index, position=position)
-        yield bn, ASPP_BRANCH.format(index=index, position=position + 1)
+    for index, branch in enumerate(aspp.branches()):
+        position = 1 if branch.kind == "pooling" else 0
+        yield branch.conv, ASPP_BRANCH.format(index=index, position=position)
+        yield branch.bn, ASPP_BRANCH.format(index=index, position=position + 1)
     yield from zip((aspp.project_conv, aspp.project_bn), ASPP_PROJECT)
 
 

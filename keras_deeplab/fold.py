@@ -67,10 +67,8 @@ def _biased(conv):
 def _folded_aspp(aspp):
     folded = ASPP.from_config({**aspp.get_config(), "batch_norm": False})
     folded.build(aspp.input.shape)
-    for new, conv, bn in zip(folded.branch_convs + [folded.project_conv],
-                             aspp.branch_convs + [aspp.project_conv],
-                             aspp.branch_bns + [aspp.project_bn]):
-        new.set_weights(folded_weights(conv, bn) if bn is not None else conv.get_weights())
+    for new, old in zip(folded.parts(), aspp.parts()):
+        new.conv.set_weights(folded_weights(old.conv, old.bn) if old.bn is not None else old.conv.get_weights())
     return folded
 
 

@@ -9,16 +9,17 @@ TF1 SavedModel loader, tags `serve`, a Session run by the signature's tensor nam
 it.
 """
 import argparse
-import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from keras_deeplab import viz
-from keras_deeplab.export import EXPORT_INFO_FILE, SERVING_SIGNATURE
+from keras_deeplab.export.preset import add_preset_arguments, load_preset_source
+from keras_deeplab.serving.contract import (EXPORT_INFO_FILE, IMAGE_BYTES, IMAGE_SIZE, LABELS, SERVING_SIGNATURE,
+                                            version_folders)
+from keras_deeplab.serving.images import decode_image
 
 DEFAULT_COLORMAP = "camvid"
 
@@ -37,8 +38,7 @@ def resolve_version_dir(path, version=None):
         if version is not None:
             raise PredictError(f"{path} is a SavedModel version folder; --version needs the base folder above it")
         return path
-    versions = {int(p.name): p for p in path.iterdir()
-                if p.name.isdigit() and (p / "saved_model.pb").is_file()}
+    versions = {v: folder for v, folder in version_folders(path).items() if (folder / "saved_model.pb").is_file()}
     if not versions:
         raise PredictError(f"no SavedModel in {path}: expected saved_model.pb or numeric version folders holding one")
     if version is None:
@@ -65,7 +65,7 @@ def read_export_info(version_dir):
 class SavedModelSegmenter:
     """Runs the `serving_default` signature of an exported SavedModel on encoded images, loaded as `deeplab serve`
     and TF Serving load it (`Servable`: TF1 loader, Session, tensor names; no warmup). `close()` frees the
-    Session (also on leaving a `with` block)."""
+    Session."""
 
     def __init__(self, version_dir):
         from keras_deeplab.serving.servable import Servable  # only this backend needs TensorFlow
@@ -78,36 +78,28 @@ class SavedModelSegmenter:
         missing = None
         if SERVING_SIGNATURE not in signatures:
             missing = f"has no {SERVING_SIGNATURE!r} signature (it has {sorted(signatures)})"
-        elif "image_bytes" not in signatures[SERVING_SIGNATURE][0] or not {"labels", "image_size"} <= set(
+        elif IMAGE_BYTES not in signatures[SERVING_SIGNATURE][0] or not {LABELS, IMAGE_SIZE} <= set(
                 signatures[SERVING_SIGNATURE][1]):
             inputs, outputs = signatures[SERVING_SIGNATURE]
             missing = (f"signature {SERVING_SIGNATURE!r} takes {sorted(inputs)} and returns {sorted(outputs)}; "
-                       "expected image_bytes -> labels, image_size")
+                       f"expected {IMAGE_BYTES} -> {LABELS}, {IMAGE_SIZE}")
         if missing:
             self.close()
             raise PredictError(f"SavedModel {version_dir} {missing}")
 
     def __call__(self, encoded_images):
         """Label maps (int arrays [H, W], one per image, padding cut off) of a list of encoded images."""
-        import numpy as np
-
         from keras_deeplab.serving.json_tensor import ServingError
 
         try:
-            outputs = self._servable.run(SERVING_SIGNATURE, {"image_bytes": np.array(encoded_images, dtype=object)})
+            outputs = self._servable.run(SERVING_SIGNATURE, {IMAGE_BYTES: np.array(encoded_images, dtype=object)})
         except ServingError as error:  # e.g. a format the graph cannot decode
             raise PredictError(f"the SavedModel rejected the input: {error.message.splitlines()[0]}") from error
-        labels, sizes = outputs["labels"], outputs["image_size"]
+        labels, sizes = outputs[LABELS], outputs[IMAGE_SIZE]
         return [label_map[:height, :width] for label_map, (height, width) in zip(labels, sizes)]
 
     def close(self):
         self._servable.retire()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 class ServingSegmenter:
@@ -141,8 +133,7 @@ class KerasSegmenter:
 
         label_maps = []
         for data in encoded_images:
-            with Image.open(io.BytesIO(data)) as image:
-                pixels = np.asarray(image.convert("RGB"))
+            pixels = decode_image(data)
             logits = logits_at_input_size(self._model, pixels[np.newaxis], self._max_long_side)
             label_maps.append(np.argmax(np.asarray(logits[0]), axis=-1).astype(np.int32))
         return label_maps
@@ -159,11 +150,9 @@ def load_image(path):
     except OSError as error:
         raise PredictError(f"cannot read input image {path}: {error.strerror or error}") from error
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return data, decode_image(data)
+    except ValueError as error:
         raise PredictError(f"cannot decode input image {path}: {error}") from error
-    return data, pixels
 
 
 def _parser():
@@ -178,17 +167,17 @@ def _parser():
     source.add_argument("--model", metavar="DIR",
                         help="SavedModel version folder, or a base folder of numeric versions (highest is used)")
     source.add_argument("--url", help="TF Serving REST address, e.g. http://localhost:8501")
-    source.add_argument("--preset", help="a pretrained model (deeplab presets) or its weight file, run in Keras "
+    add_preset_arguments(parser, source, "a pretrained model (deeplab presets) or its weight file, run in Keras "
                                          "at the preset's serving size")
-    parser.add_argument("--weights_url", help="with --preset: mirror URL or folder holding the weight file "
-                                              "(default: $KERAS_DEEPLAB_WEIGHTS_URL, else the publisher's)")
-    parser.add_argument("--model_name", default="deeplabv3", help="model name on the server (default: %(default)s)")
+    parser.add_argument("--model-name", "--model_name", default="deeplabv3",
+                        help="model name on the server (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version (default: the highest / the server's choice)")
     parser.add_argument("--colormap", choices=viz.COLORMAPS,
                         help="palette and class names (default: the export's info file, else "
                              f"{DEFAULT_COLORMAP})")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask (default: %(default)s)")
-    parser.add_argument("--batch_size", type=int, default=1, help="images per request (default: %(default)s)")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=1,
+                        help="images per request (default: %(default)s)")
     parser.add_argument("--out", default="predictions", help="output folder (default: %(default)s)")
     return parser
 
@@ -207,7 +196,7 @@ def _check_inputs(paths):
 def _run(args):
     _check_inputs(args.images)
     if args.batch_size < 1:
-        raise PredictError(f"--batch_size must be at least 1, got {args.batch_size}")
+        raise PredictError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not 0.0 <= args.alpha <= 1.0:
         raise PredictError(f"--alpha must lie in [0, 1], got {args.alpha}")
     info = {}
@@ -216,14 +205,10 @@ def _run(args):
         info = read_export_info(version_dir)
         segment = SavedModelSegmenter(version_dir)
     elif args.preset:
-        from keras_deeplab.presets import load_preset, preset_info
-        from keras_deeplab.weights import WeightsError
-
         try:
-            model = load_preset(args.preset, base_url=args.weights_url)
-        except (WeightsError, ValueError) as error:
-            raise PredictError(f"--preset {args.preset}: {error}") from error
-        info = preset_info(args.preset)
+            model, info = load_preset_source(args)
+        except ValueError as error:
+            raise PredictError(str(error)) from error
         segment = KerasSegmenter(model, info.get("max_long_side"))
     else:
         segment = ServingSegmenter(args.url, args.model_name, args.version, args.batch_size)

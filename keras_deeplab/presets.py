@@ -194,12 +194,16 @@ def preset_rows(cache_dir=None):
     return rows
 
 
+def _parser():
+    parser = argparse.ArgumentParser(prog="deeplab presets", description=main.__doc__)
+    parser.add_argument("--cache-dir", "--cache_dir", help="cache root (default: $KERAS_HOME or ~/.keras)")
+    parser.add_argument("--paths", action="store_true", help="also print each file's URL and cache path")
+    return parser
+
+
 def main(argv=None):
     """`deeplab presets`: the pretrained models, and whether each is in the local cache."""
-    parser = argparse.ArgumentParser(prog="deeplab presets", description=main.__doc__)
-    parser.add_argument("--cache_dir", help="cache root (default: $KERAS_HOME or ~/.keras)")
-    parser.add_argument("--paths", action="store_true", help="also print each file's URL and cache path")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     rows = preset_rows(args.cache_dir)
     columns = list(rows[0])
     widths = {c: max(len(c), *(len(str(row[c])) for row in rows)) for c in columns}

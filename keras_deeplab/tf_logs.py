@@ -20,6 +20,7 @@ _SEVERITIES = "IWEF"  # TF_CPP_MIN_LOG_LEVEL n hides the first n of these
 _LOG_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+ +\d+ \S+:\d+\]"
                        r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) \S+:\d+\]")
 _ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_CLI_FILE = os.path.join(os.path.dirname(os.path.realpath(__file__)), "cli.py")
 
 
 def is_deeplab_command():
@@ -28,10 +29,12 @@ def is_deeplab_command():
     # The script's name as pip's launchers write it ("deeplab", or "deeplab.exe" / "deeplab-script.py").
     if re.sub(r"(-script\.pyw?|\.exe)?$", "", os.path.basename(argv0)) == "deeplab":
         return True
-    # While `python -m MODULE` imports MODULE's package, sys.argv[0] is "-m"; the interpreter's own arguments
-    # name the module.
-    orig_argv = getattr(sys, "orig_argv", [])
-    return argv0 == "-m" and "-m" in orig_argv[:-1] and orig_argv[orig_argv.index("-m") + 1] == "keras_deeplab.cli"
+    # While `python -m MODULE` imports MODULE's package, sys.argv[0] is "-m" (the interpreter's own arguments name
+    # the module); once MODULE runs, it is MODULE's file.
+    if argv0 == "-m":
+        orig_argv = getattr(sys, "orig_argv", [])
+        return "-m" in orig_argv[:-1] and orig_argv[orig_argv.index("-m") + 1] == "keras_deeplab.cli"
+    return os.path.realpath(argv0) == _CLI_FILE
 
 
 def _hidden(line, level):

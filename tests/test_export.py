@@ -2,6 +2,7 @@
 against the Keras model, warmup records, XLA scan, models.config, CLI."""
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from tensorflow_serving.config import model_server_config_pb2
 
 import keras_deeplab
 from keras_deeplab import export
+from keras_deeplab.export import cli as export_cli, publish
+from keras_deeplab.serving.contract import atomic_path
 from keras_deeplab.serving.model_config import ModelConfig, read_models_config, write_models_config
 from helpers.serving_models import (CAMVID_FILES, NUM_CLASSES, camvid_frames, camvid_pixels, keras_reference,
                                     png_bytes, tiny_deeplab)
@@ -68,7 +71,9 @@ def test_version_folder_is_complete_and_alone(exported):
     assert info["num_classes"] == NUM_CLASSES and info["max_long_side"] == MAX_LONG_SIDE
     assert info["colormap"] == "camvid" and len(info["class_names"]) == NUM_CLASSES
     assert export.next_version(base) == 2
-    assert oct(path.stat().st_mode & 0o777) == oct(0o777 & ~export._umask())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o777 & ~umask)
 
 
 def test_signatures_have_tf_serving_names_dtypes_and_shapes(session):
@@ -259,8 +264,8 @@ def test_refuses_existing_version_and_failed_export_leaves_nothing(exported, mod
     def failing_check(*args, **kwargs):
         raise export.ExportCheckError("injected failure")
 
-    monkeypatch.setattr(export, "build_export_archive", lambda model, max_long_side: (PartialArchive(), NUM_CLASSES))
-    monkeypatch.setattr(export, "check_export", failing_check)
+    monkeypatch.setattr(publish, "build_export_archive", lambda model, max_long_side: (PartialArchive(), NUM_CLASSES))
+    monkeypatch.setattr(publish, "check_export", failing_check)
     for version, overwrite in ((None, False), (1, True)):
         with pytest.raises(export.ExportCheckError, match="injected"):
             export.export_saved_model(model, base, version=version, overwrite=overwrite)
@@ -273,14 +278,13 @@ def test_publish_replaces_an_old_version_only_when_allowed(tmp_path):
     (base / "3").mkdir(parents=True)
     (base / "3" / "old").write_text("old")
     for content in ("new", "newer"):
-        staging = base / f".3.partial-{content}"
-        staging.mkdir()
-        (staging / "new").write_text(content)
         if content == "new":
-            with pytest.raises(FileExistsError):
-                export._publish(staging, base / "3", overwrite=False)
-            assert (base / "3" / "old").exists()
-        export._publish(staging, base / "3", overwrite=True)
+            with pytest.raises(FileExistsError), atomic_path(base / "3", folder=True, overwrite=False) as staging:
+                (staging / "new").write_text(content)
+            assert (base / "3" / "old").exists() and sorted(p.name for p in base.iterdir()) == ["3"]
+        with atomic_path(base / "3", folder=True) as staging:
+            assert staging.name.startswith(".3.partial-")  # not a version while it is written
+            (staging / "new").write_text(content)
         assert sorted(p.name for p in base.iterdir()) == ["3"]
         assert (base / "3" / "new").read_text() == content
 
@@ -326,12 +330,12 @@ def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monk
         calls.append((loaded, base_dir, version, kwargs))
         return Path(base_dir) / "7"
 
-    monkeypatch.setattr(export, "export_saved_model", fake_export)
+    monkeypatch.setattr(export_cli, "export_saved_model", fake_export)
     config = tmp_path / "models.config"
     write_models_config(config, [ModelConfig("other", "/models/other")])
     frames = [str(path) for path in CAMVID_FILES[:2]]
-    assert export.main(["--model", str(model_file), "--base_dir", str(tmp_path / "deeplabv3"), "--version", "7",
-                        "--max_long_side", "256", "--models_config", str(config), "--check_images", *frames]) == 0
+    assert export.main(["--model", str(model_file), "--base-dir", str(tmp_path / "deeplabv3"), "--version", "7",
+                        "--max-long-side", "256", "--models-config", str(config), "--check-images", *frames]) == 0
     loaded, base_dir, version, kwargs = calls[0]
     assert isinstance(loaded, keras_deeplab.DeepLabV3) and version == 7 and kwargs["max_long_side"] == 256
     assert kwargs["check_images"] == frames and kwargs["warmup_images"] is None
@@ -341,7 +345,7 @@ def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monk
         ("other", "/models/other"), ("deeplabv3", "/models/deeplabv3")]
     with pytest.raises(SystemExit):
         export.main(["--model", str(tmp_path / "missing.keras")])
-    with pytest.raises(SystemExit, match="--check_images .*nope.png is not a file"):
+    with pytest.raises(SystemExit, match="--check-images .*nope.png is not a file"):
         export.main(["--model", str(model_file), "--check_images", frames[0], str(tmp_path / "nope.png")])
     export.main(["--model", str(model_file), "--base_dir", str(tmp_path / "deeplabv3")])
     assert calls[-1][3]["check_images"] is None  # export_saved_model then checks on the shipped real images
@@ -349,6 +353,9 @@ def test_cli_loads_the_keras_file_and_merges_models_config(model, tmp_path, monk
     def refusing_export(*args, **kwargs):
         raise FileExistsError("deeplabv3/7 already exists")
 
-    monkeypatch.setattr(export, "export_saved_model", refusing_export)
+    monkeypatch.setattr(export_cli, "export_saved_model", refusing_export)
     assert export.main(["--model", str(model_file), "--version", "7"]) == 1
     assert "deeplabv3/7 already exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export.main(["--help"])
+    assert "--base-dir BASE_DIR, --base_dir BASE_DIR" in capsys.readouterr().out  # dashes first, underscores too

@@ -17,7 +17,7 @@ def batch_norms(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             found.append(layer)
         if isinstance(layer, ASPP):
-            found += [bn for bn in layer.branch_bns + [layer.project_bn] if bn is not None]
+            found += [part.bn for part in layer.parts() if part.bn is not None]
     return found
 
 

@@ -1,6 +1,6 @@
-"""Layer tests against independent references: Keras' own dilated Conv2D, keras.applications preprocessing,
-tf.image.resize and a NumPy ASPP."""
-import json
+"""Layer tests: the checks every custom layer passes (`run_layer_test`), and the computations against independent
+references: Keras' own dilated Conv2D, keras.applications preprocessing, tf.image.resize and a NumPy ASPP."""
+import functools
 import os
 import subprocess
 import sys
@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.layer_test import run_layer_test
 from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization, Conv2D, ImagePreprocessing, ResizeLike
+from keras_deeplab.layers.convolution import (IMPLEMENTATIONS, NATIVE_MAX_RATE, WINOGRAD_MAX_RATE,
+                                              WINOGRAD_MIN_CHANNELS, choose_implementation)
+from keras_deeplab.layers.shifted import shifted_conv
+from keras_deeplab.layers.winograd import winograd_conv
 
 RNG = np.random.default_rng(0)
 
@@ -57,46 +62,6 @@ def test_atrous_conv_other_implementations_equal_keras(implementation):
     np.testing.assert_allclose(atrous(x), reference(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("rate,native", [(1, True), (AtrousConv2D.NATIVE_MAX_RATE, True),
-                                         (AtrousConv2D.NATIVE_MAX_RATE + 1, False), (12, False)])
-def test_atrous_conv_auto_takes_tf_dilated_kernel_only_at_small_rates(rate, native):
-    atrous, _ = atrous_and_reference(rate, implementation="auto")
-    graph = tf.function(atrous).get_concrete_function(tf.TensorSpec([1, 13, 17, 5])).graph
-    ops_used = {op.type for op in graph.get_operations()}
-    assert ("Conv2D" in ops_used) == native
-    assert ("SpaceToBatchND" in ops_used) == (native and rate > 1)
-
-
-def outputs_and_gradients(layer, x, upstream):
-    """[layer(x), and the gradients of sum(layer(x) * upstream) for x, the kernel and the bias]."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)
-        loss = tf.reduce_sum(y * upstream)
-    return [y, *tape.gradient(loss, [x, layer.kernel.value, layer.bias.value])]
-
-
-def assert_same_outputs_and_gradients(layer, reference, shape, **tolerance):
-    x = tf.constant(random_images(shape))
-    upstream = tf.constant(RNG.normal(size=shape[:3] + (reference.filters,)).astype("float32"))
-    for got, want in zip(outputs_and_gradients(layer, x, upstream), outputs_and_gradients(reference, x, upstream)):
-        np.testing.assert_allclose(got, want, **tolerance)
-
-
-@pytest.mark.parametrize("rate,size", [(1, (13, 17)), (6, (13, 17)), (18, (13, 17)), (40, (9, 21))])
-def test_atrous_conv_gradients_equal_keras(rate, size):
-    atrous, reference = atrous_and_reference(rate)
-    assert_same_outputs_and_gradients(atrous, reference, (2, *size, 5), atol=1e-4, rtol=1e-5)
-
-
-def test_atrous_conv_column_trimmed_taps_equal_keras():
-    """Taps with large column shifts take their own GEMM on the columns inside the map (the rule depends on
-    the filter count; ratio 0 sends every column-shifted tap down that path, the centre column stays grouped)."""
-    atrous, reference = atrous_and_reference(4)
-    atrous.COLUMN_TRIM_RATIO = 0
-    assert_same_outputs_and_gradients(atrous, reference, (2, 11, 13, 5), atol=1e-4, rtol=1e-5)
-
-
 @pytest.mark.parametrize("rate", [2, 18, 40])
 def test_atrous_conv_with_unknown_spatial_dims(rate):
     """Inside a tf.function traced for [None, None, None, C] no tap can be skipped statically."""
@@ -105,6 +70,74 @@ def test_atrous_conv_with_unknown_spatial_dims(rate):
     for size in ((13, 17), (33, 7)):
         x = random_images((2, *size, 5))
         np.testing.assert_allclose(run(x), reference(x), atol=1e-5, rtol=1e-5)
+
+
+def assert_same_outputs_and_gradients(conv, x_shape, kernel_shape, rates, **tolerance):
+    """`conv(x, kernel, rates)` computes Keras' dilated convolution, and the same gradients of a weighted sum of
+    its outputs for x and the kernel."""
+    x = tf.constant(random_images(x_shape))
+    kernel = tf.constant(RNG.normal(size=kernel_shape).astype("float32"))
+    upstream = tf.constant(RNG.normal(size=x_shape[:3] + kernel_shape[3:]).astype("float32"))
+
+    def outputs_and_gradients(function):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = function(x, kernel)
+            loss = tf.reduce_sum(y * upstream)
+        return [y, *tape.gradient(loss, [x, kernel])]
+
+    got = outputs_and_gradients(lambda x, kernel: conv(x, kernel, rates))
+    want = outputs_and_gradients(lambda x, kernel: keras.ops.conv(x, kernel, padding="same", dilation_rate=rates))
+    for got_part, want_part in zip(got, want):
+        np.testing.assert_allclose(got_part, want_part, **tolerance)
+
+
+@pytest.mark.parametrize("rate,size", [(1, (13, 17)), (6, (13, 17)), (18, (13, 17)), (40, (9, 21))])
+def test_shifted_conv_gradients_equal_keras(rate, size):
+    assert_same_outputs_and_gradients(shifted_conv, (2, *size, 5), (3, 3, 5, 4), (rate, rate), atol=1e-4, rtol=1e-5)
+
+
+def test_shifted_conv_column_trimmed_taps_equal_keras():
+    """Taps with large column shifts take their own GEMM on the columns inside the map (the rule depends on
+    the filter count; ratio 0 sends every column-shifted tap down that path, the centre column stays grouped)."""
+    assert_same_outputs_and_gradients(functools.partial(shifted_conv, column_trim_ratio=0), (2, 11, 13, 5),
+                                      (3, 3, 5, 4), (4, 4), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("requested,kernel_size,rate,channels,dtype,size,expected", [
+    ("auto", 3, 1, (4, 4), "float32", 9, "native"),
+    ("auto", 3, NATIVE_MAX_RATE, (4, 4), "float32", 9, "native"),
+    ("auto", 3, NATIVE_MAX_RATE + 1, (4, 4), "float32", 9, "shifted"),
+    ("auto", 3, 12, (4, 4), "float32", 65, "shifted"),
+    ("auto", 3, 2, (WINOGRAD_MIN_CHANNELS,) * 2, "float32", 9, "winograd"),  # a wide 3x3 layer
+    ("auto", 3, WINOGRAD_MAX_RATE, (WINOGRAD_MIN_CHANNELS,) * 2, "float32", 16, "winograd"),  # one tile
+    ("auto", 3, 2, (WINOGRAD_MIN_CHANNELS - 1, 512), "float32", 9, "native"),  # narrower inputs
+    ("auto", 3, 2, (512, WINOGRAD_MIN_CHANNELS - 1), "float32", 9, "native"),  # narrower outputs
+    ("auto", 3, WINOGRAD_MAX_RATE + 1, (256, 256), "float32", 25, "shifted"),  # rate above (ASPP's)
+    ("auto", 3, 2, (256, 256), "float32", 7, "native"),  # map smaller than one tile
+    ("auto", 3, 2, (256, 256), "float32", None, "winograd"),  # unknown size (the exported serving graph)
+    ("auto", 3, 2, (256, 256), "float16", 9, "native"),  # half precision would lose too much to the transforms
+    ("auto", 5, 2, (256, 256), "float32", 9, "native"),
+    ("shifted", 3, 1, (4, 4), "float32", 9, "shifted"),
+    ("native", 3, 12, (4, 4), "float32", 9, "native"),
+    ("winograd", 3, 12, (4, 4), "float32", 3, "winograd"),
+])
+def test_choose_implementation(requested, kernel_size, rate, channels, dtype, size, expected):
+    assert choose_implementation(requested, (kernel_size,) * 2, (rate, rate), *channels, dtype,
+                                 (size, size)) == expected
+
+
+@pytest.mark.parametrize("channels,rate", [(4, 2), (4, 6), (WINOGRAD_MIN_CHANNELS, 2)])  # native, shifted, winograd
+def test_atrous_conv_runs_the_chosen_implementation(channels, rate):
+    """In the traced graph: TF's Conv2D op for "native", the gather of Winograd's tiles, or neither (shifted)."""
+    layer = AtrousConv2D(channels, 3, dilation_rate=rate)
+    layer.build((None, None, None, channels))
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([1, 9, 9, channels])).graph
+    ops_used = {op.type for op in graph.get_operations()}
+    chosen = choose_implementation("auto", layer.kernel_size, layer.dilation_rate, channels, channels,
+                                   layer.compute_dtype, (9, 9))
+    expected = {"native": (True, False), "shifted": (False, False), "winograd": (False, True)}[chosen]
+    assert ("Conv2D" in ops_used, "GatherV2" in ops_used) == expected
 
 
 def test_atrous_conv_rejects_even_kernel_and_unknown_implementation():
@@ -120,12 +153,14 @@ WINOGRAD_CASES = [(1, (16, 16)), (1, (13, 18)), (2, (17, 21)), (4, (33, 16)), ((
 
 @pytest.mark.parametrize("rate,size", WINOGRAD_CASES)
 def test_winograd_conv_equals_keras_dilated_conv(rate, size):
-    atrous, reference = atrous_and_reference(rate, in_channels=6, filters=7, implementation="winograd")
+    rates = rate if isinstance(rate, tuple) else (rate, rate)
     x = random_images((2, *size, 6))
-    want = np.asarray(reference(x))
+    kernel = RNG.normal(size=(3, 3, 6, 7)).astype("float32")
+    want = np.asarray(keras.ops.conv(x, kernel, padding="same", dilation_rate=rates))
     scale = np.abs(want).max()
-    np.testing.assert_allclose(atrous(x), want, atol=1e-5 * scale)
-    run = tf.function(atrous, input_signature=[tf.TensorSpec([None, None, None, 6], tf.float32)])
+    np.testing.assert_allclose(winograd_conv(x, kernel, rates), want, atol=1e-5 * scale)
+    run = tf.function(lambda x: winograd_conv(x, kernel, rates),
+                      input_signature=[tf.TensorSpec([None, None, None, 6], tf.float32)])
     np.testing.assert_allclose(run(x), want, atol=1e-5 * scale)
 
 
@@ -137,33 +172,14 @@ def test_winograd_conv_float32_error_against_float64():
     x = rng.normal(size=(1, 33, 33, 256))
     kernel = rng.normal(size=(3, 3, 256, 256)) / np.sqrt(9 * 256)
     exact = numpy_conv_same(x, kernel, 2)
-    layer = AtrousConv2D(256, 3, dilation_rate=2, use_bias=False, implementation="winograd")
-    layer.build(x.shape)
-    layer.set_weights([kernel.astype("float32")])
-    direct_error = np.abs(np.asarray(tf.nn.conv2d(x.astype("float32"), kernel.astype("float32"), 1, "SAME",
-                                                  dilations=2)) - exact).max()
-    winograd_error = np.abs(np.asarray(layer(x.astype("float32"))) - exact).max()
+    x, kernel = x.astype("float32"), kernel.astype("float32")
+    direct_error = np.abs(np.asarray(tf.nn.conv2d(x, kernel, 1, "SAME", dilations=2)) - exact).max()
+    winograd_error = np.abs(np.asarray(winograd_conv(x, kernel, (2, 2))) - exact).max()
     assert winograd_error < 25 * direct_error, (winograd_error, direct_error)
 
 
 def test_winograd_conv_gradients_equal_keras():
-    atrous, reference = atrous_and_reference(2, implementation="winograd")
-    assert_same_outputs_and_gradients(atrous, reference, (2, 17, 19, 5), atol=5e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("channels,rate,size,dtype,winograd", [
-    (256, 2, 9, "float32", True),        # a wide 3x3 layer
-    (255, 2, 9, "float32", False),       # narrower than WINOGRAD_MIN_CHANNELS
-    (256, 6, 25, "float32", False),      # rate above WINOGRAD_MAX_RATE (ASPP)
-    (256, 2, 7, "float32", False),       # map smaller than one tile
-    (256, 2, None, "float32", True),     # unknown size (the exported serving graph)
-    (256, 2, 9, "mixed_float16", False),  # half precision would lose too much to the transforms
-])
-def test_atrous_conv_auto_takes_winograd_for_wide_layers(channels, rate, size, dtype, winograd):
-    layer = AtrousConv2D(256, 3, dilation_rate=rate, dtype=dtype)
-    layer.build((None, None, None, channels))
-    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([1, size, size, channels])).graph
-    assert ("GatherV2" in {op.type for op in graph.get_operations()}) == winograd
+    assert_same_outputs_and_gradients(winograd_conv, (2, 17, 19, 5), (3, 3, 5, 4), (2, 2), atol=5e-4, rtol=1e-4)
 
 
 WINOGRAD_JAX_SCRIPT = textwrap.dedent("""
@@ -332,22 +348,12 @@ def test_fused_batchnorm_falls_back_to_keras_where_the_kernel_does_not_apply():
     assert not BatchNormalization()._fusable(x.astype(np.float64), True, None)
 
 
-def test_fused_batchnorm_config_roundtrip():
-    layer = BatchNormalization(momentum=0.5, epsilon=1e-4, name="bn")
-    layer.build((None, None, None, 4))
-    randomize_batchnorm(layer)
-    clone = serialize_roundtrip(layer, (None, None, None, 4))
-    x = random_images((2, 3, 5, 4))
-    np.testing.assert_array_equal(clone(x, training=False), layer(x, training=False))
-
-
 def build_random_aspp(in_channels, **kwargs):
     aspp = ASPP(**kwargs)
     aspp.build((None, None, None, in_channels))
-    for conv in aspp.branch_convs + [aspp.project_conv]:
-        conv.set_weights([RNG.normal(0, 0.3, conv.kernel.shape).astype("float32")])
-    for bn in aspp.branch_bns + [aspp.project_bn]:
-        randomize_batchnorm(bn)
+    for part in aspp.parts():
+        part.conv.set_weights([RNG.normal(0, 0.3, part.conv.kernel.shape).astype("float32")])
+        randomize_batchnorm(part.bn)
     return aspp
 
 
@@ -356,8 +362,9 @@ def test_aspp_equals_numpy_reference():
     aspp = build_random_aspp(6, filters=5, atrous_rates=(2,), image_pooling=True)
     x = random_images((2, 7, 9, 6)).astype(np.float64)
     relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    conv_1x1, conv_rate2, conv_pool = (np.asarray(c.kernel, np.float64) for c in aspp.branch_convs)
-    bn_1x1, bn_rate2, bn_pool = aspp.branch_bns
+    assert [part.kind for part in aspp.branches()] == ["1x1", "atrous", "pooling"]
+    conv_1x1, conv_rate2, conv_pool = (np.asarray(part.conv.kernel, np.float64) for part in aspp.branches())
+    bn_1x1, bn_rate2, bn_pool = (part.bn for part in aspp.branches())
     branch_1x1 = relu(numpy_batchnorm(x @ conv_1x1[0, 0], bn_1x1))
     branch_rate2 = relu(numpy_batchnorm(numpy_conv_same(x, conv_rate2, 2), bn_rate2))
     pooled = relu(numpy_batchnorm(x.mean(axis=(1, 2)) @ conv_pool[0, 0], bn_pool))  # [N, filters]
@@ -376,8 +383,9 @@ def test_aspp_image_pooling_branch_sees_the_global_mean():
     aspp = build_random_aspp(3, filters=4, atrous_rates=(), image_pooling=True)
     without_pool = build_random_aspp(3, filters=4, atrous_rates=(), image_pooling=False)
     # Share the 1x1 branch and the part of the projection that reads it.
-    without_pool.branch_convs[0].set_weights(aspp.branch_convs[0].get_weights())
-    without_pool.branch_bns[0].set_weights(aspp.branch_bns[0].get_weights())
+    (_, conv_1x1, bn_1x1, _), pool = aspp.branches()
+    without_pool.branches()[0].conv.set_weights(conv_1x1.get_weights())
+    without_pool.branches()[0].bn.set_weights(bn_1x1.get_weights())
     project = aspp.project_conv.get_weights()[0]
     project[:, :, 4:] = 0.0  # silence the pooling branch
     aspp.project_conv.set_weights([project])
@@ -393,8 +401,7 @@ def test_aspp_image_pooling_branch_sees_the_global_mean():
     project[:, :, 4:] = RNG.normal(size=(4, 4))
     aspp.project_conv.set_weights([project])
     relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    pooled = relu(numpy_batchnorm(x.mean(axis=(1, 2)) @ aspp.branch_convs[1].get_weights()[0][0, 0],
-                                  aspp.branch_bns[1]))
+    pooled = relu(numpy_batchnorm(x.mean(axis=(1, 2)) @ pool.conv.get_weights()[0][0, 0], pool.bn))
     expected = relu(numpy_batchnorm(pooled @ project[0, 0, 4:], aspp.project_bn))
     got = np.asarray(aspp(x))
     np.testing.assert_allclose(got, np.broadcast_to(expected[:, None, None], got.shape), atol=1e-5)
@@ -409,62 +416,6 @@ def test_aspp_on_dynamic_sizes():
         eager = aspp(x, training=False)
         assert eager.shape == (2, *size, 6)
         np.testing.assert_allclose(run(x), eager, atol=1e-4, rtol=1e-4)
-    inputs = keras.Input((None, None, 8))
-    assert aspp(inputs).shape == (None, None, None, 6)
-
-
-def serialize_roundtrip(layer, *build_shapes):
-    """A new layer made from `layer`'s serialized config (through JSON), holding the same weights."""
-    config = json.loads(json.dumps(keras.saving.serialize_keras_object(layer)))
-    clone = keras.saving.deserialize_keras_object(config)
-    assert type(clone) is type(layer)
-    assert clone.get_config() == layer.get_config()
-    if layer.weights:
-        if not clone.built:  # the serialized build_config normally rebuilds it already
-            clone.build(*build_shapes)
-        clone.set_weights(layer.get_weights())
-    return clone
-
-
-@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
-def test_image_preprocessing_config_roundtrip(mode):
-    layer = ImagePreprocessing(mode, name="pre")
-    clone = serialize_roundtrip(layer)
-    x = random_images((1, 4, 5, 3), 0, 255)
-    np.testing.assert_array_equal(clone(x), layer(x))
-
-
-def test_resize_like_config_roundtrip():
-    layer = ResizeLike(name="resize")
-    clone = serialize_roundtrip(layer)
-    inputs = [random_images((1, 4, 5, 2)), np.zeros((1, 9, 7, 1), "float32")]
-    np.testing.assert_array_equal(clone(inputs), layer(inputs))
-
-
-@pytest.mark.parametrize("implementation", AtrousConv2D.IMPLEMENTATIONS)
-def test_atrous_conv_config_roundtrip(implementation):
-    layer, _ = atrous_and_reference((2, 3), implementation=implementation)
-    clone = serialize_roundtrip(layer, (None, None, None, 5))
-    assert clone.dilation_rate == (2, 3) and clone.implementation == implementation
-    x = random_images((1, 9, 11, 5))
-    np.testing.assert_array_equal(clone(x), layer(x))
-
-
-def test_conv2d_config_roundtrip():
-    layer, _ = split_conv_and_reference(6, True, kernel_size=3, strides=2, name="conv")
-    clone = serialize_roundtrip(layer, (None, None, None, 5))
-    assert type(clone) is Conv2D and clone.strides == (2, 2)
-    x = random_images((1, 9, 11, 5))
-    np.testing.assert_array_equal(clone(x), layer(x))
-
-
-def test_aspp_config_roundtrip():
-    layer = build_random_aspp(6, filters=5, atrous_rates=(2, 3), image_pooling=True, dropout=0.25,
-                              bn_momentum=0.9, bn_epsilon=1e-3, name="aspp")
-    clone = serialize_roundtrip(layer, (None, None, None, 6))
-    assert clone.atrous_rates == (2, 3) and clone.dropout == 0.25 and clone.bn_epsilon == 1e-3
-    x = random_images((2, 7, 9, 6))
-    np.testing.assert_array_equal(clone(x, training=False), layer(x, training=False))
 
 
 def test_image_preprocessing_modes_equal_hand_computed_numpy():
@@ -501,3 +452,45 @@ def test_resize_like_equals_tf_image_resize(source, target):
     run = tf.function(ResizeLike(), input_signature=[[tf.TensorSpec([None, None, None, 3]),
                                                       tf.TensorSpec([None, None, None, 1])]])
     np.testing.assert_allclose(run([images, reference]), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
+def test_image_preprocessing_layer(mode):
+    run_layer_test(ImagePreprocessing, {"mode": mode}, random_images((2, 4, 5, 3), 0, 255),
+                   expected_output_shape=(2, 4, 5, 3), expected_num_trainable_weights=0)
+
+
+def test_resize_like_layer():
+    inputs = [random_images((2, 4, 5, 2)), np.zeros((2, 9, 7, 1), "float32")]
+    run_layer_test(ResizeLike, {}, inputs, expected_output_shape=(2, 9, 7, 2), expected_num_trainable_weights=0)
+
+
+def test_batch_normalization_layer():
+    run_layer_test(BatchNormalization, {"momentum": 0.5, "epsilon": 1e-4}, random_images((2, 3, 5, 4)),
+                   expected_output_shape=(2, 3, 5, 4), expected_num_trainable_weights=2,
+                   expected_num_non_trainable_weights=2)
+
+
+def test_conv2d_layer():
+    """Wide enough to run in parts."""
+    run_layer_test(Conv2D, {"filters": Conv2D.MAX_OUTPUT_CHANNELS + 4, "kernel_size": 3, "strides": 2,
+                            "padding": "same", "activation": "relu"},
+                   random_images((2, 9, 11, 2)), expected_output_shape=(2, 5, 6, Conv2D.MAX_OUTPUT_CHANNELS + 4),
+                   expected_num_trainable_weights=2)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_atrous_conv_layer(implementation):
+    run_layer_test(AtrousConv2D, {"filters": 4, "kernel_size": 3, "dilation_rate": (2, 3),
+                                  "implementation": implementation},
+                   random_images((2, 9, 11, 5)), expected_output_shape=(2, 9, 11, 4), expected_num_trainable_weights=2)
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_aspp_layer(batch_norm):
+    """Five convolutions (1x1, two rates, pooling, projection), each with a BatchNorm or a bias."""
+    run_layer_test(ASPP, {"filters": 5, "atrous_rates": (2, 3), "image_pooling": True, "dropout": 0.25,
+                          "bn_momentum": 0.9, "bn_epsilon": 1e-3, "batch_norm": batch_norm},
+                   random_images((2, 7, 9, 6)), expected_output_shape=(2, 7, 9, 5),
+                   expected_num_trainable_weights=15 if batch_norm else 10,
+                   expected_num_non_trainable_weights=10 if batch_norm else 0)

@@ -71,7 +71,7 @@ def test_resnet_atrous_rates_in_built_layers(output_stride, block3_rate, block4_
     assert stride["conv5_block1_1_conv"] == ((2, 2) if output_stride == 32 else (1, 1))
     aspp = model.get_layer("aspp")
     assert model.atrous_rates == aspp.atrous_rates == aspp_rates
-    assert [conv.dilation_rate for conv in aspp.branch_convs[1:4]] == [(r, r) for r in aspp_rates]
+    assert [b.conv.dilation_rate for b in aspp.branches() if b.kind == "atrous"] == [(r, r) for r in aspp_rates]
 
 
 @pytest.mark.parametrize("output_stride,strided_blocks,rates", [
@@ -90,7 +90,7 @@ def test_mobilenet_v2_dilation_rates_in_built_layers(output_stride, strided_bloc
     assert [layer.dilation_rate for layer in depthwise] == [(rates.get(b, 1),) * 2 for b in range(17)]
     aspp = model.get_layer("aspp")
     expected_aspp = tuple(r * 16 // output_stride for r in (6, 12, 18))
-    assert [conv.dilation_rate for conv in aspp.branch_convs[1:4]] == [(r, r) for r in expected_aspp]
+    assert [b.conv.dilation_rate for b in aspp.branches() if b.kind == "atrous"] == [(r, r) for r in expected_aspp]
 
 
 def test_resnet152_builds_with_its_unit_counts():
@@ -175,8 +175,8 @@ def test_resnet_save_and_load_keeps_outputs_config_and_rates(tmp_path):
     assert unit_rates(loaded, 4, 6) == [(2, 2)] * 6
     assert unit_rates(loaded, 5, 3) == [(4, 4), (8, 8), (4, 4)]
     aspp = loaded.get_layer("aspp")
-    assert not aspp.image_pooling and len(aspp.branch_convs) == 4  # 1x1 + three rates, no pooling branch
-    assert [conv.dilation_rate for conv in aspp.branch_convs[1:]] == [(12, 12), (24, 24), (36, 36)]
+    assert not aspp.image_pooling and [b.kind for b in aspp.branches()] == ["1x1", "atrous", "atrous", "atrous"]
+    assert [b.conv.dilation_rate for b in aspp.branches()[1:]] == [(12, 12), (24, 24), (36, 36)]
     expected, got = model.predict(images, verbose=0), loaded.predict(images, verbose=0)
     assert set(got) == {"out", "aux"} and got["out"].shape == got["aux"].shape == (1, 65, 65, 3)
     assert np.abs(expected["out"]).max() > 0

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_deeplab import cli, viz
+from keras_deeplab import cli, predict, viz
 from keras_deeplab.export import EXPORT_INFO_FILE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "viz"
@@ -65,7 +65,7 @@ def _predict(*argv):
 
 def test_predict_writes_exact_label_pngs_and_overlays_of_the_highest_version(model_base, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _predict(*IMAGES, "--model", model_base, "--out", out, "--batch_size", 2) == 0
+    assert _predict(*IMAGES, "--model", model_base, "--out", out, "--batch-size", 2) == 0
     printed = capsys.readouterr().out
     camvid = viz.get_colormap("camvid")
     for image_path in IMAGES:
@@ -180,6 +180,14 @@ def test_bad_model_dirs_give_a_clear_error(model_base, tmp_path, capsys, layout,
     assert _predict(IMAGES[0], "--model", model, "--version", 7, "--out", tmp_path / "out") == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_flags_are_spelled_with_dashes_and_underscores(capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert "--batch-size BATCH_SIZE, --batch_size BATCH_SIZE" in help_text
+    assert "--weights-url WEIGHTS_URL, --weights_url WEIGHTS_URL" in help_text
 
 
 def test_model_or_url_is_required(capsys):

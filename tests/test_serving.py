@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import struct
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from PIL import Image
 import keras_deeplab.serving
 from keras_deeplab import export
 from keras_deeplab.serving import TFServingClient, TFServingError
-from keras_deeplab.serving import json_tensor
+from keras_deeplab.serving import images, json_tensor
 from helpers.model_server import deeplab_serve, free_port
 from helpers.serving_models import CAMVID_FILES, camvid_frames, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
 
@@ -457,6 +458,22 @@ def test_out_of_memory_is_429_and_methods_are_checked_before_models():
     assert manager.looked_up == [MODEL, "nope"]  # the malformed requests never looked the model up
 
 
+def test_routes_answer_like_tf_serving():
+    """HEAD, a trailing slash or a path below an operation is a malformed request under /v1/; elsewhere 404."""
+    manager = _FakeManager(lambda inputs: {})
+    replies = _asgi_requests(manager, [("HEAD", f"/v1/models/{MODEL}", None),
+                                       ("GET", f"/v1/models/{MODEL}/", None),
+                                       ("GET", f"/v1/models/{MODEL}/metadata/x", None),
+                                       ("GET", "/v1/models", None),
+                                       ("POST", f"/v1/models/{MODEL}:classify", b"{}"),
+                                       ("GET", "/healthz", None)])
+    assert [r.status_code for r in replies] == [400, 400, 400, 400, 400, 404]
+    assert replies[1].json() == {"error": f"Malformed request: GET /v1/models/{MODEL}/"}
+    assert replies[4].json()["error"].startswith("classify is not supported")
+    assert replies[5].json() == {"error": "Not found: GET /healthz (the REST API lives under /v1/models/)"}
+    assert manager.looked_up == [MODEL]  # only :classify names an operation of the API
+
+
 def test_max_image_pixels_is_configurable():
     ran = []
     manager = _FakeManager(lambda inputs: ran.append(inputs) or {"labels": np.zeros((1, 2), np.int32)})
@@ -494,6 +511,8 @@ def test_serve_flags_follow_tensorflow_model_server():
     assert any("not batched" in note for note in notes)
     assert parse_args(["--model_config_file=c", "--model_config_file_poll_wait_seconds=30"]
                       ).model_config_file_poll_wait_seconds == 30
+    dashed = parse_args(["--model-base-path", "m", "--rest-api-port=9003", "--enable-model-warmup=false"])
+    assert (dashed.model_base_path, dashed.rest_api_port, dashed.enable_model_warmup) == ("m", 9003, False)
     for argv in (["--model_base_path=m", "--enable_batching=maybe"], ["--model_base_path=m", "--port=x"],
                  ["--model_base_path=m", "--model_config_file=c"], [],
                  ["--model_base_path=m", "--batching_parameters_file=/no/such/file"],
@@ -588,6 +607,7 @@ def test_out_of_memory_in_the_codec_is_429(monkeypatch):
     assert caught.value.status == 429
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, for 1e8 pixels: it is measured
 def test_image_dimensions_read_from_headers():
     def encoded(image, format, **options):
         buffer = io.BytesIO()
@@ -604,10 +624,10 @@ def test_image_dimensions_read_from_headers():
              ("WEBP", ("alpha", "VP8X")): encoded(rgba, "WEBP")}
     assert cases["WEBP", ("alpha", "VP8X")][12:16] == b"VP8X"
     for (kind, _), data in cases.items():
-        assert json_tensor.image_dimensions(data) == (kind, 41, 30), kind
-    assert json_tensor.image_dimensions(PNG_BOMB) == ("PNG", 10000, 10000)
+        assert images.image_dimensions(data) == (kind, 41, 30), kind
+    assert images.image_dimensions(PNG_BOMB) == ("PNG", 10000, 10000)
     for data in (b"not an image", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF....WEBPVP8 ", b""):
-        assert json_tensor.image_dimensions(data) is None, data
+        assert images.image_dimensions(data) is None, data
     inputs = {"image_bytes": np.array([cases["PNG", ()], b"text", PNG_BOMB], object),
               "other": np.zeros((2, 2), np.float32)}
     with pytest.raises(json_tensor.ServingError, match="item 2 is a PNG image of 10000x10000") as caught:
@@ -615,12 +635,17 @@ def test_image_dimensions_read_from_headers():
     assert caught.value.status == 400
     json_tensor.check_image_pixels(inputs, 0)  # no limit
     json_tensor.check_image_pixels(inputs, 10**8)  # exactly at the limit is allowed
+    # Past Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) the header is not measured: refused.
+    with pytest.raises(json_tensor.ServingError, match="item 0 declares more pixels than Pillow's") as caught:
+        json_tensor.check_image_pixels({"image_bytes": np.array([png_declaring(20000, 20000)], object)}, 10**9)
+    assert caught.value.status == 400
 
 
 def test_serving_package_needs_only_the_savedmodel():
-    """serving/ imports no model, layers, training or export code, and the client no TensorFlow."""
+    """serving/ imports no model, layers, training or export code, and the client (with the serving modules it
+    imports: the contract, the image codec) nothing but httpx, numpy, Pillow and the standard library."""
     folder = Path(keras_deeplab.serving.__file__).parent
-    allowed_client = {"base64", "io", "os", "pathlib", "httpx", "numpy", "PIL"}
+    imports = {}
     for path in folder.glob("*.py"):
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
@@ -631,5 +656,15 @@ def test_serving_package_needs_only_the_savedmodel():
         own = {name for name in imported if name.startswith("keras_deeplab")}
         assert all(name.startswith("keras_deeplab.serving") for name in own), (path.name, own)
         assert not any(name == "keras" or name.startswith("keras.") for name in imported), path.name
-        if path.name == "client.py":
-            assert {name.split(".")[0] for name in imported} <= allowed_client, imported
+        imports[path.stem] = imported
+    allowed = set(sys.stdlib_module_names) | {"httpx", "numpy", "PIL"}
+    needed, pending = set(), ["client"]
+    while pending:  # the client and the serving modules it imports, transitively
+        module = pending.pop()
+        needed.add(module)
+        for name in imports[module]:
+            if name.startswith("keras_deeplab.serving."):
+                pending += {name.rsplit(".", 1)[1]} - needed
+            else:
+                assert name.split(".")[0] in allowed, (module, name)
+    assert needed == {"client", "contract", "images"}

@@ -142,6 +142,39 @@ def test_every_shipped_config_loads():
         assert set(config["model"]) == set(DEFAULTS["model"])
 
 
+def test_the_model_section_is_deeplabv3s_keyword_arguments():
+    """Every keyword argument of DeepLabV3 but input_shape and name, with DeepLabV3's default, and each settable;
+    an unknown key is refused, naming the allowed ones."""
+    parameters = inspect.signature(DeepLabV3.__init__).parameters
+    keywords = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert list(DEFAULTS["model"]) == [name for name in keywords if name not in ("input_shape", "name")]
+    for name, value in DEFAULTS["model"].items():
+        default = parameters[name].default
+        assert value == (list(default) if isinstance(default, tuple) else default), name
+    values = {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1], "atrous_rates": [12, 24, 36],
+              "image_pooling": False, "aspp_filters": 64, "aspp_dropout": 0.1, "head_conv": True, "aux_head": True,
+              "preprocessing": None, "backbone_weights": "imagenet", "bn_momentum": 0.99, "synchronized_bn": True,
+              "atrous_implementation": "native"}
+    assert values.keys() == DEFAULTS["model"].keys()
+    assert load_config(None, [f"model.{key}={json.dumps(value)}" for key, value in values.items()])["model"] == values
+    for key in ("input_shape", "name", "num_classes", "aux"):
+        with pytest.raises(ValueError, match=f"unknown key model.{key};") as error:
+            load_config(None, [f"model.{key}=1"])
+        assert all(repr(name) in str(error.value) for name in DEFAULTS["model"])
+
+
+def test_the_aux_head_builds_from_the_config_but_is_not_trained(tmp_path, capsys):
+    assert train_module.main(["--set", "model.aux_head=true", "--print-config"]) == 0
+    assert "aux_head: true" in capsys.readouterr().out
+    config = load_config(None, ["model.aux_head=true", "model.backbone=mobilenet_v3_large", "model.aspp_filters=8"])
+    model = build_model(config["model"], 3, config["train"])
+    outputs = model(RNG.uniform(0, 255, (1, 33, 33, 3)).astype("float32"))
+    assert model.aux_head and outputs["aux"].shape == outputs["out"].shape == (1, 33, 33, 3)
+    with pytest.raises(ValueError, match="model.aux_head: training with the auxiliary head is not supported"):
+        train_module.train(config, tmp_path / "data", tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_table5_configs_are_the_papers_rows():
     expected = {
         "mg111_aspp": ([1, 1, 1], [6, 12, 18], False), "mg121_aspp": ([1, 2, 1], [6, 12, 18], False),

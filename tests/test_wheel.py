@@ -87,13 +87,21 @@ def test_the_wheel_holds_every_module_and_the_package_data(installed):
     assert shipped_images and shipped_images == {path.name for path in (package / "sample_images").iterdir()}
 
 
+def test_help_of_the_installed_command_imports_no_tensorflow(installed):
+    result = installed.run("-X", "importtime", "-m", "keras_deeplab.cli", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: deeplab"), result.stderr[-3000:]
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "keras_deeplab" in imported and not {"keras", "tensorflow"} & imported
+
+
 def test_train_finds_a_shipped_config_by_name(installed):
     result = installed.run("-m", "keras_deeplab.cli", "train", "--config", "voc_train_aug", "--steps", "100",
-                           "--print_config")
+                           "--print-config")
     assert result.returncode == 0, result.stderr[-3000:]
     expected = load_config(REPO / "training" / "configs" / "voc_train_aug.yaml", ["train.steps=100"])
     assert yaml.safe_load(result.stdout) == expected
-    result = installed.run("-m", "keras_deeplab.cli", "train", "--config", "no_such_config", "--print_config")
+    result = installed.run("-m", "keras_deeplab.cli", "train", "--config", "no_such_config", "--print-config")
     assert result.returncode == 2
     assert "no_such_config" in result.stderr and "voc_train_aug" in result.stderr
     assert "Traceback" not in result.stderr

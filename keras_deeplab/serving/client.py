@@ -1,17 +1,18 @@
 """A client for TensorFlow Serving's REST API, for DeepLabV3 exports; works against TF Serving and `deeplab serve`.
 
-Needs only httpx, numpy and Pillow (to encode arrays); no TensorFlow.
+Needs only httpx, numpy and Pillow (to encode arrays, `keras_deeplab.serving.images`); no TensorFlow.
 
     client = TFServingClient("http://localhost:8501", "deeplabv3")
     label_maps = client.predict(["street.jpg", image_array])  # one int32 [H, W] array per image
 """
 import base64
-import io
 import os
-from pathlib import Path
 
 import httpx
 import numpy as np
+
+from keras_deeplab.serving.contract import IMAGE_SIZE, LABELS, SERVING_SIGNATURE
+from keras_deeplab.serving.images import encode_image
 
 
 class TFServingError(Exception):
@@ -24,25 +25,6 @@ class TFServingError(Exception):
         self.url = url
         where = f" from {url}" if url else ""
         super().__init__(f"HTTP {status_code}{where}: {message}" if status_code else f"{url}: {message}")
-
-
-def encode_image(image):
-    """JPEG/PNG bytes for an image: a file path, encoded bytes, a PIL image, or a uint8 array [H, W, 3] / [H, W]
-    (arrays and PIL images are sent as lossless PNG)."""
-    if isinstance(image, (str, os.PathLike)):
-        return Path(image).read_bytes()
-    if isinstance(image, (bytes, bytearray)):
-        return bytes(image)
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        array = np.asarray(image)
-        if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-            raise ValueError(f"an image array must be uint8 [H, W, 3] or [H, W], got {array.dtype} {array.shape}")
-        image = Image.fromarray(array)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _image_list(images):
@@ -80,7 +62,7 @@ class TFServingClient:
         url = f"{self.url}/v1/models/{self.model_name}"
         return url if self.version is None else f"{url}/versions/{int(self.version)}"
 
-    def predict(self, images, signature_name="serving_default"):
+    def predict(self, images, signature_name=SERVING_SIGNATURE):
         """Label maps (int32 [H, W], each at its image's size) for one image or a list of images (paths, encoded
         bytes, PIL images or uint8 arrays), using the export's `image_bytes` signature."""
         label_maps = []
@@ -90,8 +72,8 @@ class TFServingClient:
             instances = [{"b64": base64.b64encode(encode_image(image)).decode("ascii")} for image in batch]
             reply = self.predict_request(instances=instances, signature_name=signature_name)
             for prediction in reply["predictions"]:
-                height, width = prediction["image_size"]
-                label_maps.append(np.asarray(prediction["labels"], dtype=np.int32)[:height, :width])
+                height, width = prediction[IMAGE_SIZE]
+                label_maps.append(np.asarray(prediction[LABELS], dtype=np.int32)[:height, :width])
         return label_maps
 
     def predict_request(self, *, instances=None, inputs=None, signature_name=None):

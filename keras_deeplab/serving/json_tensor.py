@@ -9,24 +9,25 @@ significant digits unless more are needed to round-trip; NaN and Infinity are ba
 
 Types follow the signature strictly, as TF Serving: a JSON `true`/`false` is only a DT_BOOL value and numbers are
 never bools, so a list mixing them is rejected for every dtype. Running out of memory while parsing, converting or
-encoding is answered with 429 (RESOURCE_EXHAUSTED), as the contract says. Encoded images in DT_STRING inputs can
-be measured from their headers (`image_dimensions`, `check_image_pixels`) so that a server rejects a tiny file
-declaring a huge picture (a decompression bomb) before any decoder allocates it.
+encoding is answered with 429 (RESOURCE_EXHAUSTED), as the contract says. Encoded images in DT_STRING inputs are
+measured from their headers (`check_image_pixels`, with Pillow) so that a server rejects a tiny file declaring a
+huge picture (a decompression bomb) before any decoder allocates it.
 
-This module needs only numpy and the standard library, so clients and tests can use it without TensorFlow.
+This module needs only numpy, Pillow and the standard library, so clients and tests can use it without TensorFlow.
 """
 import base64
 import binascii
 import functools
 import itertools
 import json
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-DEFAULT_SIGNATURE = "serving_default"
+from keras_deeplab.serving.contract import SERVING_SIGNATURE
+from keras_deeplab.serving.images import image_dimensions
 
 # The dtypes TF Serving's JSON codec reads and writes; any other one is answered with 501.
 NUMPY_DTYPES = {
@@ -101,7 +102,7 @@ def parse_predict_body(body):
         if has_instances:
             raise ServingError("Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists")
         raise ServingError("Missing 'inputs' or 'instances' key")
-    signature_name = document.get("signature_name", DEFAULT_SIGNATURE)
+    signature_name = document.get("signature_name", SERVING_SIGNATURE)
     if not isinstance(signature_name, str):
         raise ServingError(f"'signature_name' key must be a string value, got {_json_type(signature_name)}")
     return PredictRequest(signature_name, has_instances, document["instances" if has_instances else "inputs"])
@@ -386,80 +387,6 @@ def _nest(strings):
     return "[" + ",".join(_nest(row) for row in strings) + "]"
 
 
-# ---- Encoded image sizes from their headers (no decoding).
-
-def image_dimensions(data):
-    """(format, width, height) that an encoded image declares in its header, without decoding it; None for bytes
-    that are not a PNG, JPEG, GIF, BMP or WebP header (or are cut short before the size)."""
-    try:
-        for magic, reader in _IMAGE_HEADERS:
-            if data.startswith(magic):
-                size = reader(data)
-                return None if size is None else (reader.__name__.strip("_").upper(), *size)
-    except (struct.error, IndexError, ValueError):
-        return None
-    return None
-
-
-def _png(data):  # signature, then the IHDR chunk: length, "IHDR", width, height (big-endian)
-    if data[12:16] != b"IHDR":
-        return None
-    return struct.unpack(">II", data[16:24])
-
-
-def _jpeg(data):  # markers up to the first start-of-frame: FF Cn, length, precision, height, width
-    index = 2
-    while index + 4 <= len(data):
-        if data[index] != 0xFF:
-            return None
-        marker = data[index + 1]
-        if marker == 0xFF:  # fill byte
-            index += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
-            index += 2
-            continue
-        length = struct.unpack(">H", data[index + 2:index + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[index + 5:index + 9])
-            return width, height
-        if marker in (0xD9, 0xDA) or length < 2:  # end of image or scan data before any frame header
-            return None
-        index += 2 + length
-    return None
-
-
-def _gif(data):  # logical screen width, height (little-endian) after "GIF87a"/"GIF89a"
-    return struct.unpack("<HH", data[6:10])
-
-
-def _bmp(data):  # BITMAPCOREHEADER: 16-bit sizes; later headers: signed 32-bit (negative height: top-down)
-    header_size = struct.unpack("<I", data[14:18])[0]
-    if header_size == 12:
-        return struct.unpack("<HH", data[18:22])
-    width, height = struct.unpack("<ii", data[18:26])
-    return abs(width), abs(height)
-
-
-def _webp(data):  # RIFF....WEBP, then a VP8 (lossy), VP8L (lossless) or VP8X (extended: canvas) chunk
-    if data[8:12] != b"WEBP":
-        return None
-    chunk = data[12:16]
-    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and data[20] == 0x2F:
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X":
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None
-
-
-_IMAGE_HEADERS = ((b"\x89PNG\r\n\x1a\n", _png), (b"\xff\xd8", _jpeg), (b"GIF87a", _gif), (b"GIF89a", _gif),
-                  (b"BM", _bmp), (b"RIFF", _webp))
-
-
 def check_image_pixels(inputs, max_pixels):
     """Raises ServingError (400) if an encoded image in a DT_STRING input (an object array of bytes in `inputs`,
     {name: array}) declares more than `max_pixels` pixels in its header; None or 0: no limit."""
@@ -470,7 +397,12 @@ def check_image_pixels(inputs, max_pixels):
         if array.dtype != object:
             continue
         for index, item in enumerate(array.ravel()):
-            found = image_dimensions(item) if isinstance(item, bytes) else None
+            try:
+                found = image_dimensions(item) if isinstance(item, bytes) else None
+            except Image.DecompressionBombError:
+                raise ServingError(f"Image too large: input {name} item {index} declares more pixels than Pillow's "
+                                   f"decompression-bomb limit ({2 * Image.MAX_IMAGE_PIXELS}); send a smaller "
+                                   "image") from None
             if found is not None and found[1] * found[2] > max_pixels:
                 kind, width, height = found
                 raise ServingError(f"Image too large: input {name} item {index} is a {kind} image of "

@@ -13,19 +13,11 @@ import threading
 
 import tensorflow as tf
 
+from keras_deeplab.serving.contract import version_folders
 from keras_deeplab.serving.json_tensor import ServingError
 from keras_deeplab.serving.servable import ERROR_CODE_NAMES, Servable
 
 log = logging.getLogger("keras_deeplab.serving")
-
-
-def version_folders(base_path):
-    """{version: folder} for the numeric folders under `base_path` (other names, e.g. staging folders, ignored)."""
-    try:
-        entries = list(os.scandir(base_path))
-    except OSError:
-        return {}
-    return {int(entry.name): entry.path for entry in entries if entry.name.isdigit() and entry.is_dir()}
 
 
 def _fingerprint(folder):

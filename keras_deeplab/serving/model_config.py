@@ -1,10 +1,11 @@
 """TF Serving's `models.config` (a text-format `ModelServerConfig`): which models to serve, from which base path,
 which versions (latest N, all, or specific ones) and version labels. Read by `deeplab serve --model_config_file`
-and written by `deeplab export --models_config`; the same file works with `tensorflow_model_server`.
+and written by `deeplab export --models-config`; the same file works with `tensorflow_model_server`.
 """
 import os
-import tempfile
 from dataclasses import dataclass, field
+
+from keras_deeplab.serving.contract import atomic_path
 
 
 @dataclass
@@ -102,11 +103,6 @@ def write_models_config(path, models):
             config.model_version_policy.latest.num_versions = model.latest
         for label, version in model.version_labels.items():
             config.version_labels[label] = version
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=folder, prefix=".models.config.", delete=False,
-                                     encoding="utf-8") as handle:
-        handle.write(text_format.MessageToString(proto))
-    os.replace(handle.name, path)
-    return path
+    with atomic_path(path) as temp:
+        temp.write_text(text_format.MessageToString(proto), encoding="utf-8")
+    return os.fspath(path)

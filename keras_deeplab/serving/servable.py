@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
+from keras_deeplab.serving.contract import SERVING_SIGNATURE, WARMUP_FILE
 from keras_deeplab.serving.json_tensor import ServingError
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 SERVE_TAG = "serve"
@@ -156,7 +156,7 @@ class Servable:
                 raise ValueError(f"{path}: record {number} is a {log.WhichOneof('log_type')}, only predict_log "
                                  "records are supported")
             request = log.predict_log.request
-            signature_name = request.model_spec.signature_name or "serving_default"
+            signature_name = request.model_spec.signature_name or SERVING_SIGNATURE
             inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
             try:
                 self.run(signature_name, inputs)

@@ -12,7 +12,8 @@ Requests are checked in TF Serving's order: a path under /v1/ that is not one of
 path does not take (any method: DELETE, PUT, TRACE, PROPFIND, ...), is 400 `Malformed request: METHOD PATH`
 before any model is looked up; then an unknown model or version is 404 `Servable not found for request: ...`.
 
-Flags are tensorflow_model_server's (`--flag=value` or `--flag value`; booleans also bare: `--enable_batching`).
+Flags are tensorflow_model_server's (`--flag=value` or `--flag value`; booleans also bare: `--enable_batching`),
+also accepted with dashes (`--rest-api-port`) as the other deeplab commands spell them.
 Accepted but not acted on: `--port` (gRPC is not served, only REST), `--enable_batching` and
 `--batching_parameters_file` (each request runs as its own batch; the exported signatures do batch under the real
 server).
@@ -25,9 +26,14 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+from starlette.routing import Route
 
 from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, check_image_pixels,
                                                error_body, parse_predict_body, predict_response, request_tensors)
@@ -36,27 +42,29 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # After the limit, at most this much more of a body is read (and dropped) so the client still gets the 413.
 _DRAIN_BYTES = 64 * 1024 * 1024
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
-                   r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-                   r"(?P<suffix>/metadata|:predict|:classify|:regress)?$")
-
 log = logging.getLogger("keras_deeplab.serving")
 
 
-# (method, path suffix) -> operation: every other combination under /v1/models/ is a malformed request.
-_OPERATIONS = {("GET", None): "status", ("GET", "/metadata"): "metadata", ("POST", ":predict"): "predict",
-               ("POST", ":classify"): "unsupported", ("POST", ":regress"): "unsupported"}
+class _NameConvertor(StringConvertor):
+    """A model name or version label in a path: no '/' or ':' (`/v1/models/{name}:predict`)."""
+
+    regex = "[^/:]+"
 
 
-class _AnyMethod:
-    """An ASGI app wrapper, so that Starlette's Route passes every HTTP method through (it answers methods it
-    was not told about with its own 405 text/plain; the contract wants 400 JSON)."""
+register_url_convertor("servable_name", _NameConvertor())
 
-    def __init__(self, app):
-        self.app = app
+# The API's paths below /v1/models/{name}: which version, then what of it.
+_SELECTORS = ("", "/versions/{version:int}", "/labels/{label:servable_name}")
 
-    async def __call__(self, scope, receive, send):
-        await self.app(scope, receive, send)
+
+def _json_response(text, status=200):
+    return Response(text, status_code=status, media_type="application/json")
+
+
+def _route(path, endpoint, method):
+    route = Route(path, endpoint, methods=[method])
+    route.methods = {method}  # Starlette adds HEAD to GET routes; TF Serving answers HEAD as a malformed request
+    return route
 
 
 def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8,
@@ -65,77 +73,67 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
 
     The manager is started (first poll, then background polling) when the app starts and stopped with it.
     """
-    from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
-    from starlette.responses import Response
-    from starlette.routing import Route, request_response
-
     executor = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predict")
 
-    def json_response(text, status=200):
-        return Response(text, status_code=status, media_type="application/json")
+    def requested(request):
+        """(ManagedModel, version, label) a request names; ServingError 404 for an unknown model."""
+        version = request.path_params.get("version")
+        return manager.model(request.path_params["name"], version), version, request.path_params.get("label")
 
-    async def dispatch(request):
+    async def status(request):
+        model, version, label = requested(request)
+        return _json_response(json.dumps(model.status(version, label)))
+
+    async def metadata(request):
+        model, version, label = requested(request)
+        servable = model.acquire(version, label)
         try:
-            return await _handle(request)
-        except ServingError as error:
-            return json_response(error_body(error.message), error.status)
-        except ClientDisconnect:
-            return json_response(error_body("Client closed the request"), 499)
-        except MemoryError:
-            return json_response(error_body("Resource exhausted: out of memory while serving the request"), 429)
-        except Exception as error:  # noqa: BLE001 - answer, log, and stay up
-            log.exception("request %s %s failed", request.method, request.url.path)
-            return json_response(error_body(f"Internal error: {type(error).__name__}: {error}"), 500)
+            return _json_response(_metadata(request.path_params["name"], servable))
+        finally:
+            servable.release()
 
-    async def _handle(request):
+    async def predict(request):
+        model, version, label = requested(request)
+        body = await _read_body(request, max_body_bytes)
+        servable = model.acquire(version, label)
+        try:
+            loop = asyncio.get_running_loop()
+            text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms, max_image_pixels)
+        finally:
+            servable.release()
+        return _json_response(text)
+
+    async def unsupported(request):
+        requested(request)  # an unknown model is 404 here too
+        method = request.url.path.rsplit(":", 1)[1]
+        raise ServingError(f"{method} is not supported: the signatures of this model are predict signatures; "
+                           "use :predict")
+
+    operations = (("", "GET", status), ("/metadata", "GET", metadata), (":predict", "POST", predict),
+                  (":classify", "POST", unsupported), (":regress", "POST", unsupported))
+    routes = [_route(f"/v1/models/{{name:servable_name}}{selector}{suffix}", endpoint, method)
+              for selector in _SELECTORS for suffix, method, endpoint in operations]
+
+    async def serving_error(request, error):
+        return _json_response(error_body(error.message), error.status)
+
+    async def not_routed(request, error):
+        """Starlette's 404 (no such path) or 405 (not this method): TF Serving's 400 under /v1/, checked before
+        any model is looked up."""
         path = request.url.path
-        match = _PATH.match(path)
-        if not path.startswith("/v1/"):
-            raise ServingError(f"Not found: {request.method} {path} (the REST API lives under /v1/models/)", 404)
-        operation = None if match is None else _OPERATIONS.get((request.method, match["suffix"]))
-        if operation is None:  # checked before the model is looked up, as TF Serving does
-            raise ServingError(f"Malformed request: {request.method} {path}")
-        suffix = match["suffix"]
-        version = int(match["version"]) if match["version"] is not None else None
-        label = match["label"]
-        model = manager.model(match["name"], version)
-        if operation == "status":
-            return json_response(json.dumps(model.status(version, label)))
-        if operation == "metadata":
-            servable = model.acquire(version, label)
-            try:
-                return json_response(_metadata(match["name"], servable))
-            finally:
-                servable.release()
-        if operation == "predict":
-            body = await _read_body(request)
-            servable = model.acquire(version, label)
-            try:
-                loop = asyncio.get_running_loop()
-                text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms, max_image_pixels)
-            finally:
-                servable.release()
-            return json_response(text)
-        raise ServingError(f"{suffix[1:]} is not supported: the signatures of this model are predict "
-                           "signatures; use :predict")
+        if path.startswith("/v1/"):
+            return _json_response(error_body(f"Malformed request: {request.method} {path}"), 400)
+        return _json_response(error_body(f"Not found: {request.method} {path} (the REST API lives under "
+                                         "/v1/models/)"), 404)
 
-    async def _read_body(request):
-        """The body; past `max_body_bytes` the rest is read and dropped (up to a bound) and 413 is raised."""
-        declared = request.headers.get("content-length", "")
-        too_large = declared.isdigit() and int(declared) > max_body_bytes
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            too_large = too_large or size > max_body_bytes
-            if not too_large:
-                chunks.append(chunk)
-            elif size > max_body_bytes + _DRAIN_BYTES:
-                break  # stop reading; the connection closes after the reply
-        if too_large:
-            raise ServingError(f"Request body too large: more than {max_body_bytes} bytes "
-                               "(the server's --max_body_bytes)", 413)
-        return b"".join(chunks)
+    async def client_disconnected(request, error):
+        return _json_response(error_body("Client closed the request"), 499)
+
+    async def out_of_memory(request, error):
+        return _json_response(error_body("Resource exhausted: out of memory while serving the request"), 429)
+
+    async def internal_error(request, error):  # Starlette then re-raises it for uvicorn to log
+        return _json_response(error_body(f"Internal error: {type(error).__name__}: {error}"), 500)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -146,9 +144,29 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
             manager.stop()
             executor.shutdown(wait=False, cancel_futures=True)
 
-    # methods=None with an ASGI endpoint: every method reaches `dispatch`, which answers the unlisted ones.
-    return Starlette(routes=[Route("/{path:path}", _AnyMethod(request_response(dispatch)), methods=None)],
-                     lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
+        ServingError: serving_error, 404: not_routed, 405: not_routed, ClientDisconnect: client_disconnected,
+        MemoryError: out_of_memory, Exception: internal_error})
+    app.router.redirect_slashes = False  # TF Serving answers a path with a trailing slash as malformed, not 307
+    return app
+
+
+async def _read_body(request, max_body_bytes):
+    """The body; past `max_body_bytes` the rest is read and dropped (up to a bound) and 413 is raised."""
+    declared = request.headers.get("content-length", "")
+    too_large = declared.isdigit() and int(declared) > max_body_bytes
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        too_large = too_large or size > max_body_bytes
+        if not too_large:
+            chunks.append(chunk)
+        elif size > max_body_bytes + _DRAIN_BYTES:
+            break  # stop reading; the connection closes after the reply
+    if too_large:
+        raise ServingError(f"Request body too large: more than {max_body_bytes} bytes "
+                           "(the server's --max_body_bytes)", 413)
+    return b"".join(chunks)
 
 
 def _predict(servable, body, timeout_ms, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
@@ -182,10 +200,16 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _flag(name):
+    """The option strings of a tensorflow_model_server flag: its own name, then the same with dashes, as the other
+    deeplab commands spell their flags (`--rest_api_port`, `--rest-api-port`)."""
+    return tuple(dict.fromkeys((name, name.replace("_", "-"))))
+
+
 def _add_bool(parser, name, default, help):
     """A tensorflow_model_server boolean flag: `--name` alone means true; `--name=true|false|1|0` (or with a
     space) sets it."""
-    parser.add_argument(name, type=_bool, nargs="?", const=True, default=default, metavar="true|false",
+    parser.add_argument(*_flag(name), type=_bool, nargs="?", const=True, default=default, metavar="true|false",
                         help=f"{help} (default: {str(default).lower()}; a bare {name} means true)")
 
 
@@ -202,42 +226,43 @@ def _parser():
         epilog="The same folder with TensorFlow Serving: docker run --rm -p 8501:8501 "
                "-v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" -e MODEL_NAME=deeplabv3 tensorflow/serving "
                "(the Docker image passes --model_name=$MODEL_NAME, default 'model')")
-    parser.add_argument("--model_name", default=DEFAULT_MODEL_NAME,
+    parser.add_argument(*_flag("--model_name"), default=DEFAULT_MODEL_NAME,
                         help="model name in URLs (default: %(default)s, as tensorflow_model_server; pass the name "
                              "clients use, e.g. deeplabv3)")
-    parser.add_argument("--model_base_path", help="folder holding numeric version folders")
-    parser.add_argument("--model_config_file", help="a TF Serving models.config (several models / versions)")
-    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+    parser.add_argument(*_flag("--model_base_path"), help="folder holding numeric version folders")
+    parser.add_argument(*_flag("--model_config_file"), help="a TF Serving models.config (several models / versions)")
+    parser.add_argument(*_flag("--model_config_file_poll_wait_seconds"), type=float, default=0.0,
                         help="re-read --model_config_file this often (models added, removed or changed); 0: read "
                              "it only at start (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument(*_flag("--port"), type=int, default=None,
                         help="tensorflow_model_server's gRPC port (8500 there): accepted for compatibility, but "
                              "gRPC is not served; use the REST API")
-    parser.add_argument("--rest_api_port", type=int, default=8501, help="HTTP port (default: %(default)s)")
-    parser.add_argument("--rest_api_host", default="127.0.0.1",
+    parser.add_argument(*_flag("--rest_api_port"), type=int, default=8501, help="HTTP port (default: %(default)s)")
+    parser.add_argument(*_flag("--rest_api_host"), default="127.0.0.1",
                         help="address to bind (default: %(default)s; 0.0.0.0 to accept other machines)")
-    parser.add_argument("--rest_api_num_threads", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
+    parser.add_argument(*_flag("--rest_api_num_threads"), type=int, default=max(4, 2 * (os.cpu_count() or 1)),
                         help="threads running predictions (default: %(default)s)")
-    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000,
+    parser.add_argument(*_flag("--rest_api_timeout_in_ms"), type=int, default=30000,
                         help="deadline of one prediction, 504 past it (default: %(default)s)")
-    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+    parser.add_argument(*_flag("--file_system_poll_wait_seconds"), type=float, default=1.0,
                         help="how often to look for new versions; 0 to look only at start (default: %(default)s)")
-    parser.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+    parser.add_argument(*_flag("--max_body_bytes"), type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get HTTP 413 (default: %(default)s)")
-    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+    parser.add_argument(*_flag("--max_image_pixels"), type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="an encoded image (PNG, JPEG, GIF, BMP, WebP) whose header declares more pixels gets "
                              "HTTP 400 before it is decoded; 0: no limit (default: %(default)s, 64 megapixels; "
-                             "not a tensorflow_model_server flag)")
+                             "not a tensorflow_model_server flag). Headers are read with Pillow, whose "
+                             "decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS) also applies unless 0")
     _add_bool(parser, "--enable_model_warmup", True,
               "replay assets.extra/tf_serving_warmup_requests when loading")
     _add_bool(parser, "--enable_batching", False,
               "accepted for compatibility: requests are not batched across clients here (each runs as its own "
               "batch)")
-    parser.add_argument("--batching_parameters_file",
+    parser.add_argument(*_flag("--batching_parameters_file"),
                         help="accepted for compatibility (must exist); not used, as --enable_batching")
-    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+    parser.add_argument(*_flag("--tensorflow_intra_op_parallelism"), type=int, default=0,
                         help="threads inside one op (0: TensorFlow's choice)")
-    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+    parser.add_argument(*_flag("--tensorflow_inter_op_parallelism"), type=int, default=0,
                         help="ops run in parallel (0: TensorFlow's choice)")
     return parser
 

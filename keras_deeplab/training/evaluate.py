@@ -1,8 +1,8 @@
 """Evaluation: mean IoU from a confusion matrix accumulated over whole images, at one or several scales with
 optional left-right flipping (class probabilities averaged), as in the paper's Table 6.
 
-    deeplab evaluate --model runs/camvid/model.keras --data_dir data/camvid --split val
-    deeplab evaluate --model runs/voc --data_dir data/voc --output_stride 8 --multi_scale --flip
+    deeplab evaluate --model runs/camvid/model.keras --data-dir data/camvid --split val
+    deeplab evaluate --model runs/voc --data-dir data/voc --output-stride 8 --multi-scale --flip
 """
 import argparse
 import json
@@ -149,19 +149,20 @@ def _parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True,
                         help="a .keras file, or a training model_dir holding model.keras")
-    parser.add_argument("--data_dir", required=True, help="prepared dataset (deeplab prepare)")
+    parser.add_argument("--data-dir", "--data_dir", required=True, help="prepared dataset (deeplab prepare)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--scales", type=_scales, default=(1.0,),
                         help="comma-separated input scales (default 1)")
-    parser.add_argument("--multi_scale", action="store_true", help=f"use the paper's scales {PAPER_SCALES}")
+    parser.add_argument("--multi-scale", "--multi_scale", action="store_true",
+                        help=f"use the paper's scales {PAPER_SCALES}")
     parser.add_argument("--flip", action="store_true", help="also average over left-right flipped inputs")
-    parser.add_argument("--output_stride", type=int, choices=(8, 16, 32),
+    parser.add_argument("--output-stride", "--output_stride", type=int, choices=(8, 16, 32),
                         help="evaluate at this output stride")
     parser.add_argument("--resize", type=float,
                         help="rescale images and labels first (as training's data.resize does)")
-    parser.add_argument("--max_images", type=int, help="evaluate only the first N images")
+    parser.add_argument("--max-images", "--max_images", type=int, help="evaluate only the first N images")
     parser.add_argument("--output", help="JSON report path (default: eval_<split>.json beside the model)")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", "--no_progress", action="store_true", help="no progress bar")
     return parser
 
 

@@ -1,14 +1,15 @@
 """Training: `model.fit` of a DeepLabV3 under a tf.distribute strategy, driven by a YAML config.
 
-    deeplab train --config camvid_demo --data_dir data/camvid --model_dir runs/demo
-    deeplab train --config voc_train_aug --data_dir data/voc --model_dir runs/voc \\
+    deeplab train --config camvid_demo --data-dir data/camvid --model-dir runs/demo
+    deeplab train --config voc_train_aug --data-dir data/voc --model-dir runs/voc \\
         --set train.steps=60000 --set model.synchronized_bn=true
-    deeplab train --config my_config.yaml --set train.steps=100 --print_config
+    deeplab train --config my_config.yaml --set train.steps=100 --print-config
 
 `--config` takes a YAML file or the name of a config shipped with the package (the repository's
 training/configs/*.yaml, installed as keras_deeplab.configs). A config has five sections (see DEFAULTS, the
-paper's PASCAL VOC setting); a config file may name a `base:` config (path relative to it) whose values it
-overrides. Batch size, learning rate and steps are global (the strategy splits each batch across replicas).
+paper's PASCAL VOC setting; the model section takes DeepLabV3's keyword arguments); a config file may name a
+`base:` config (path relative to it) whose values it overrides. Batch size, learning rate and steps are global
+(the strategy splits each batch across replicas).
 
 `<model_dir>` receives model.keras (best by val mIoU, or the final model without validation), log.csv,
 TensorBoard logs/, config.yaml, and backup/ while unfinished: run the same command again after a crash to resume
@@ -17,6 +18,7 @@ number of steps.
 """
 import argparse
 import copy
+import inspect
 import math
 import os
 import sys
@@ -37,13 +39,23 @@ from keras_deeplab.training.recipe import compile_model, freeze_batch_norm
 from keras_deeplab.training.strategy import describe, get_strategy
 
 EXIT_DIVERGED = 3
+# DeepLabV3 keyword arguments that a config does not set: training crops and whole validation images need a model of
+# any input size, and the model's name is its class's. num_classes (not keyword-only) comes from the dataset.
+MODEL_ARGUMENTS_NOT_CONFIGURED = ("input_shape", "name")
+
+
+def model_defaults():
+    """The config's model section: DeepLabV3's keyword-only arguments with their defaults (the paper's model; tuples
+    as lists, as YAML writes them), but for MODEL_ARGUMENTS_NOT_CONFIGURED. The training defaults differ from the
+    model's in nothing; a config that wants other values (ImageNet weights, synchronized BN) sets them."""
+    parameters = inspect.signature(DeepLabV3.__init__).parameters.values()
+    return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in parameters
+            if p.kind is p.KEYWORD_ONLY and p.name not in MODEL_ARGUMENTS_NOT_CONFIGURED}
+
 
 DEFAULTS = {
-    # Keyword arguments of DeepLabV3 (num_classes comes from the dataset).
-    "model": {"backbone": "resnet101", "output_stride": 16, "multi_grid": [1, 2, 4], "atrous_rates": None,
-              "image_pooling": True, "aspp_filters": 256, "aspp_dropout": 0.0, "head_conv": False,
-              "preprocessing": "auto", "backbone_weights": None, "bn_momentum": 0.9997,
-              "synchronized_bn": False, "atrous_implementation": "auto"},
+    # Keyword arguments of DeepLabV3, from its signature.
+    "model": model_defaults(),
     # Training input (keras_deeplab.data.pipeline.train_dataset); resize rescales every image first.
     "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0,
              "flip": True, "resize": None, "shuffle_buffer": 256},
@@ -228,6 +240,10 @@ def train(config, data_dir, model_dir, *, verbose=1):
     or final without validation). Raises TrainingDivergedError when the loss becomes NaN or infinite."""
     config = resolve_config(config)
     model_cfg, train_cfg, eval_cfg = config["model"], config["train"], config["eval"]
+    if model_cfg["aux_head"]:
+        raise ValueError("model.aux_head: training with the auxiliary head is not supported (the recipe's loss and "
+                         "mIoU metric, the best checkpoint and evaluation take the model's one logits output; the "
+                         "paper trains without it); set model.aux_head=false")
     strategy = get_strategy(config["distribute"]["strategy"], config["distribute"]["logical_cpus"])
     info = load_dataset_info(data_dir)
     replicas = strategy.num_replicas_in_sync
@@ -290,21 +306,26 @@ def train(config, data_dir, model_dir, *, verbose=1):
     return model, history
 
 
+# Flags for config values often changed: --batch-size 8 is --set train.batch_size=8 (flags, config key, type).
+SHORTCUTS = ((("--steps",), "train.steps", int), (("--batch-size", "--batch_size"), "train.batch_size", int),
+             (("--learning-rate", "--learning_rate"), "train.learning_rate", float), (("--seed",), "train.seed", int))
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="deeplab train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file, or the name of a shipped config "
                         f"({', '.join(shipped_configs())}); default: the paper's VOC setting")
-    parser.add_argument("--data_dir", help="prepared dataset (deeplab prepare); required to train")
-    parser.add_argument("--model_dir", help="output directory; rerun with it to resume; required to train")
+    parser.add_argument("--data-dir", "--data_dir", help="prepared dataset (deeplab prepare); required to train")
+    parser.add_argument("--model-dir", "--model_dir",
+                        help="output directory; rerun with it to resume; required to train")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value (YAML syntax), e.g. --set train.steps=100; repeatable")
-    for flag, key, kind in (("--steps", "train.steps", int), ("--batch_size", "train.batch_size", int),
-                            ("--learning_rate", "train.learning_rate", float), ("--seed", "train.seed", int)):
-        parser.add_argument(flag, type=kind, help=f"same as --set {key}=VALUE")
+    for flags, key, kind in SHORTCUTS:
+        parser.add_argument(*flags, dest=key, type=kind, metavar="VALUE", help=f"same as --set {key}=VALUE")
     parser.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="0 silent, 1 progress bar (default), 2 one line per epoch")
-    parser.add_argument("--print_config", action="store_true",
+    parser.add_argument("--print-config", "--print_config", action="store_true",
                         help="print the resolved config (file, defaults and overrides) as YAML and exit")
     return parser
 
@@ -313,11 +334,8 @@ def main(argv=None):
     """`deeplab train`: 0 on success, 2 on a bad config, 3 when training diverged (NaN loss)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"),
-                      ("learning_rate", "train.learning_rate"), ("seed", "train.seed")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides = args.overrides + [f"{key}={getattr(args, key)}" for _, key, _ in SHORTCUTS
+                                  if getattr(args, key) is not None]
     try:
         config = load_config(args.config, overrides)
     except (OSError, ValueError) as err:
@@ -325,7 +343,8 @@ def main(argv=None):
     if args.print_config:
         yaml.safe_dump(config, sys.stdout, sort_keys=False)
         return 0
-    missing = [flag for flag in ("--data_dir", "--model_dir") if getattr(args, flag[2:]) is None]
+    missing = [flag for flag, value in (("--data-dir", args.data_dir), ("--model-dir", args.model_dir))
+               if value is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
