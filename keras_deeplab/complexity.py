@@ -107,11 +107,12 @@ def summary_table(size=513, num_classes=21):
     return "\n".join(lines)
 
 
+SUMMARY_DESCRIPTION = ("Markdown table of DeepLabV3 variants: trainable parameters and convolution GMACs / GFLOPs "
+                       "(FLOPs = 2 x MACs) for one size x size image.")
+
+
 def main(argv):
-    parser = argparse.ArgumentParser(
-        prog="deeplab summary",
-        description="Markdown table of DeepLabV3 variants: trainable parameters and convolution GMACs / "
-                    "GFLOPs (FLOPs = 2 x MACs) for one size x size image.")
+    parser = argparse.ArgumentParser(prog="deeplab summary", description=SUMMARY_DESCRIPTION)
     parser.add_argument("--size", type=int, default=513, help="square input size in pixels (default 513)")
     parser.add_argument("--num-classes", type=int, default=21, help="number of classes (default 21)")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_deeplab import viz
-from keras_deeplab.export.preset import add_preset_arguments, load_preset_source
+from keras_deeplab.export.preset import add_model_source_arguments, load_preset_source
 from keras_deeplab.serving.contract import (EXPORT_INFO_FILE, IMAGE_BYTES, IMAGE_SIZE, LABELS, SERVING_SIGNATURE,
                                             version_folders)
 from keras_deeplab.serving.images import decode_image
@@ -163,12 +163,11 @@ def _parser():
                     "writing OUT/<name>_labels.png (palette PNG whose pixel values are class ids) and "
                     "OUT/<name>_overlay.png (colours blended on the image, legend of the classes present).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="DIR",
-                        help="SavedModel version folder, or a base folder of numeric versions (highest is used)")
+    source = add_model_source_arguments(
+        parser, "SavedModel version folder, or a base folder of numeric versions (highest is used)",
+        "a pretrained model (deeplab presets) or its weight file, run in Keras at the preset's serving size",
+        metavar="DIR")
     source.add_argument("--url", help="TF Serving REST address, e.g. http://localhost:8501")
-    add_preset_arguments(parser, source, "a pretrained model (deeplab presets) or its weight file, run in Keras "
-                                         "at the preset's serving size")
     parser.add_argument("--model-name", "--model_name", default="deeplabv3",
                         help="model name on the server (default: %(default)s)")
     parser.add_argument("--version", type=int, help="model version (default: the highest / the server's choice)")

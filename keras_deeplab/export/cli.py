@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from keras_deeplab.export.checks import ExportCheckError, verify_saved_model
-from keras_deeplab.export.preset import add_preset_arguments, load_preset_source
+from keras_deeplab.export.preset import add_model_source_arguments, load_preset_source
 from keras_deeplab.export.publish import export_saved_model
 from keras_deeplab.serving.model_config import ModelConfig, read_models_config, write_models_config
 
@@ -21,10 +21,9 @@ def _export_parser():
         epilog="Serve it: docker run --rm -p 8501:8501 -v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" "
                "-e MODEL_NAME=deeplabv3 tensorflow/serving   (or: deeplab serve --model_name deeplabv3 "
                "--model_base_path saved_models/deeplabv3)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="the trained model, a .keras file")
-    add_preset_arguments(parser, source, "a pretrained model (deeplab presets) or its weight file; its class "
-                                         "names, colormap and serving size come with it")
+    add_model_source_arguments(parser, "the trained model, a .keras file",
+                               "a pretrained model (deeplab presets) or its weight file; its class names, colormap "
+                               "and serving size come with it")
     parser.add_argument("--base-dir", "--base_dir", default="saved_models/deeplabv3",
                         help="model base path holding the numeric version folders (default: %(default)s)")
     parser.add_argument("--version", type=int, help="version number (default: one more than the highest)")

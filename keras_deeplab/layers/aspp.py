@@ -49,15 +49,10 @@ class ASPP(keras.layers.Layer):
                  bn_momentum=0.9997, bn_epsilon=1e-5, synchronized_bn=False, implementation="auto",
                  batch_norm=True, **kwargs):
         super().__init__(**kwargs)
-        self.filters = int(filters)
-        self.atrous_rates = tuple(int(r) for r in atrous_rates)
-        self.image_pooling = bool(image_pooling)
-        self.dropout = float(dropout)
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.synchronized_bn = bool(synchronized_bn)
-        self.implementation = implementation
-        self.batch_norm = bool(batch_norm)
+        self.filters, self.atrous_rates = int(filters), tuple(int(r) for r in atrous_rates)
+        self.image_pooling, self.dropout = bool(image_pooling), float(dropout)
+        self.batch_norm, self.bn_momentum, self.bn_epsilon = bool(batch_norm), float(bn_momentum), float(bn_epsilon)
+        self.synchronized_bn, self.implementation = bool(synchronized_bn), implementation
         bn_kwargs = {"momentum": self.bn_momentum, "epsilon": self.bn_epsilon, "synchronized": self.synchronized_bn}
         bn_kwargs = bn_kwargs if self.batch_norm else None
         args = {"dtype": self.dtype_policy, "bn_kwargs": bn_kwargs, "implementation": implementation}
