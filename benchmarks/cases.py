@@ -286,15 +286,18 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
 
 
 def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
-                keras_bn=False, split_wide_convs=True, winograd=True):
+                keras_bn=False, split_wide_convs=True, winograd=True, last_block=None, decoder=False):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
-    randomly initialised (seeded); `atrous_variant`, `keras_bn`, `split_wide_convs` and `winograd` as for
-    `torchvision_structure_model`."""
+    randomly initialised (seeded); with `last_block`, its cascaded model (`DeepLabV3Cascade`, MG (1, 1, 1)) up to
+    that block; with `decoder`, DeepLabv3+ (`DeepLabV3Plus`); `atrous_variant`, `keras_bn`, `split_wide_convs` and
+    `winograd` as for `torchvision_structure_model`."""
     _tf()
     import keras
 
     from atrous_variants import patched
     from keras_bn import use_keras_batch_norm
+    from keras_deeplab.cascade import DeepLabV3Cascade
+    from keras_deeplab.deeplabv3_plus import DeepLabV3Plus
     from keras_deeplab.model import DeepLabV3
 
     keras.utils.set_random_seed(0)
@@ -302,8 +305,12 @@ def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="a
         use_keras_batch_norm()
     _library_switches(split_wide_convs, winograd)
     with patched(atrous_variant):
-        return DeepLabV3(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
-                         atrous_implementation=atrous_implementation)
+        if last_block is not None:
+            return DeepLabV3Cascade(num_classes=NUM_CLASSES, backbone=backbone, last_block=last_block,
+                                    output_stride=output_stride, atrous_implementation=atrous_implementation)
+        model_class = DeepLabV3Plus if decoder else DeepLabV3
+        return model_class(num_classes=NUM_CLASSES, backbone=backbone, output_stride=output_stride,
+                           atrous_implementation=atrous_implementation)
 
 
 def preset_model(preset, seed=0):

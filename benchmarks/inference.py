@@ -49,6 +49,10 @@ PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16
                                            "case_kwargs": {"fold_bn": True}},
                 "paper_r101_os16_folded_direct": {"backbone": "resnet101", "output_stride": 16, "winograd": False,
                                                   "case_kwargs": {"fold_bn": True}},
+                "cascade_r50_block7_os16": {"backbone": "resnet50", "output_stride": 16, "last_block": 7},
+                "deeplabv3_plus_r101_os16": {"backbone": "resnet101", "output_stride": 16, "decoder": True},
+                "deeplabv3_plus_r101_os16_folded": {"backbone": "resnet101", "output_stride": 16, "decoder": True,
+                                                    "case_kwargs": {"fold_bn": True}},
                 "mobilenet_v2_os16": {"backbone": "mobilenet_v2", "output_stride": 16},
                 "mobilenet_v2_os16_folded": {"backbone": "mobilenet_v2", "output_stride": 16,
                                              "case_kwargs": {"fold_bn": True}}}

@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 from keras_deeplab.allocator import use_pooled_cpu_allocator
 from keras_deeplab.tf_logs import is_deeplab_command, quiet_in_the_command
 
-__all__ = ["ASPP", "AtrousConv2D", "DeepLabV3", "ImagePreprocessing", "ResizeLike", "__version__"]
+__all__ = ["ASPP", "AtrousConv2D", "DeepLabV3", "DeepLabV3Cascade", "DeepLabV3Plus", "ImagePreprocessing", "ResizeLike",
+           "__version__"]
 
 # Before anything creates a TF tensor: TF picks its CPU allocator at the first one.
 use_pooled_cpu_allocator()
@@ -20,11 +21,13 @@ def load_classes():
     enough to load a saved .keras file; tests/test_model.py checks it. The `deeplab` command hides TensorFlow's log
     lines, including those TF prints while it loads, unless the user sets TF_CPP_MIN_LOG_LEVEL; in any other
     program TensorFlow's logging is left alone (tf_logs.py)."""
-    global ASPP, AtrousConv2D, DeepLabV3, ImagePreprocessing, ResizeLike
+    global ASPP, AtrousConv2D, DeepLabV3, DeepLabV3Cascade, DeepLabV3Plus, ImagePreprocessing, ResizeLike
     with quiet_in_the_command():
         import tensorflow  # noqa: F401
     from keras_deeplab.layers import ASPP, AtrousConv2D, ImagePreprocessing, ResizeLike
+    from keras_deeplab.cascade import DeepLabV3Cascade
     from keras_deeplab.model import DeepLabV3
+    from keras_deeplab.deeplabv3_plus import DeepLabV3Plus
     import keras_deeplab.fold  # noqa: F401 - registers FoldedBatchNorm, so folded .keras files load too
 
 

@@ -2,7 +2,8 @@
 
 With 'same' zero padding, a k x k filter with atrous rate r on an S x S map reads padding for every tap whose
 offset leaves the map; as r approaches S only the centre tap is left and the filter degenerates to a 1x1 conv.
-`deeplab analyze-rates` tabulates and plots this, and suggests the largest useful ASPP rate.
+`deeplab analyze-rates` tabulates and plots this, and suggests the largest useful ASPP rate; with
+`--cascade-last-block` it lists the rates of the cascaded model's blocks (Sec. 3.2) and their valid-tap shares.
 """
 import argparse
 import math
@@ -82,6 +83,17 @@ def parse_rates(text):
     return sorted(rates)
 
 
+def parse_multi_grid(text):
+    """'1,2,1' -> (1, 2, 1): one positive rate multiplier per unit of a three-unit block."""
+    try:
+        grid = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        grid = ()
+    if len(grid) != 3 or min(grid) < 1:
+        raise argparse.ArgumentTypeError(f"--multi-grid: expected three positive integers like '1,2,1', got {text!r}")
+    return grid
+
+
 def rate_table(size, rates, kernel_size=3):
     """Rows (rate, fraction with all taps valid, fraction with only the centre tap, mean valid taps)."""
     rows = []
@@ -90,6 +102,33 @@ def rate_table(size, rates, kernel_size=3):
         mean = float(np.dot(np.arange(fractions.size), fractions))
         rows.append((rate, float(fractions[-1]), float(fractions[1]), mean))
     return rows
+
+
+def cascade_rate_table(crop_size, output_stride, last_block=7, multi_grid=(1, 1, 1), kernel_size=3):
+    """Rows (block, its output stride, feature size, unit rates, rate_table rows of those rates) of
+    `DeepLabV3Cascade`'s block1..last_block for a crop (one rate for block1..3, one per unit from block4 on)."""
+    from keras_deeplab.backbones.resnet import stage_rates
+
+    stride, rows = 4, []
+    plan = [(1, 1, 1)] + stage_rates(output_stride, stage_strides=(2,) * (last_block - 1))
+    for block, (block_stride, _, rate) in enumerate(plan, start=1):
+        stride *= block_stride
+        size = feature_size(crop_size, stride)
+        rates = [rate * m for m in multi_grid] if block >= 4 else [rate]
+        rows.append((block, stride, size, rates, rate_table(size, rates, kernel_size)))
+    return rows
+
+
+def print_cascade_table(args):
+    print(f"cascaded model to block{args.cascade_last_block}, MG {args.multi_grid}, crop {args.crop_size}, "
+          f"output stride {args.output_stride}: {args.kernel_size}x{args.kernel_size} convs per block")
+    print(f"{'block':>5}  {'stride':>6}  {'map':>7}  {'unit rates':>10}  {'all valid':>17}  {'centre only':>17}")
+    for block, stride, size, rates, table in cascade_rate_table(args.crop_size, args.output_stride,
+                                                                args.cascade_last_block, args.multi_grid,
+                                                                args.kernel_size):
+        full, centre = ("/".join(f"{row[k]:.2f}" for row in table) for k in (1, 2))
+        print(f"{block:>5}  {stride:>6}  {f'{size}x{size}':>7}  {'/'.join(map(str, rates)):>10}  {full:>17}  "
+              f"{centre:>17}")
 
 
 def plot_fractions(size, rates, kernel_size, path):
@@ -130,6 +169,10 @@ def main(argv):
                         help="share of positions that must see more than the centre tap, for the suggestion "
                              f"(default {DEFAULT_MIN_VALID_FRACTION})")
     parser.add_argument("--plot", metavar="PNG", help="write a plot like the paper's Figure 4 to this file")
+    parser.add_argument("--cascade-last-block", type=int, choices=(4, 5, 6, 7),
+                        help="instead, list the rates of the cascaded model's blocks up to this one (Sec. 3.2)")
+    parser.add_argument("--multi-grid", type=parse_multi_grid,
+                        default=(1, 1, 1), help="multi-grid of block4 on, for --cascade-last-block (default 1,1,1)")
     args = parser.parse_args(argv)
     if args.crop_size < 1 or args.output_stride < 1:
         parser.error("--crop-size and --output-stride must be positive")
@@ -138,6 +181,12 @@ def main(argv):
     if not 0 < args.min_valid_fraction <= 1:
         parser.error(f"--min-valid-fraction must be in (0, 1], got {args.min_valid_fraction}")
 
+    if args.cascade_last_block:
+        try:
+            print_cascade_table(args)
+        except ValueError as error:
+            parser.error(str(error))
+        return 0
     size = feature_size(args.crop_size, args.output_stride)
     taps = args.kernel_size ** 2
     print(f"{args.kernel_size}x{args.kernel_size} atrous filter, crop {args.crop_size}, output stride "

@@ -14,6 +14,7 @@ import math
 
 import keras
 
+from keras_deeplab.cascade import DeepLabV3Cascade
 from keras_deeplab.layers import ASPP
 from keras_deeplab.model import DeepLabV3
 
@@ -28,15 +29,16 @@ def count_parameters(model):
 def static_copy(model, image_size):
     """`model` with a static [image_size, channels] input, to read every layer's output shape.
 
-    DeepLabV3 is rebuilt from its config (the copy has fresh weights: only shapes matter); other functional
-    models are cloned onto a new input. A model already built for that size is returned as it is.
+    DeepLabV3 and DeepLabV3Cascade are rebuilt from their config (the copy has fresh weights: only shapes
+    matter); other functional models are cloned onto a new input. A model already built for that size is
+    returned as it is.
     """
     height, width = image_size
     channels = model.input.shape[-1]
     if tuple(model.input.shape[1:3]) == (height, width):
         return model
-    if isinstance(model, DeepLabV3):
-        return DeepLabV3.from_config({**model.get_config(), "input_shape": [height, width, channels]})
+    if isinstance(model, (DeepLabV3, DeepLabV3Cascade)):
+        return type(model).from_config({**model.get_config(), "input_shape": [height, width, channels]})
     return keras.models.clone_model(model, input_tensors=keras.Input((height, width, channels)))
 
 
@@ -77,7 +79,8 @@ def count_macs(model, image_size=None):
 
 
 def summary_variants():
-    """(label, DeepLabV3 keyword arguments) of the variants `deeplab summary` tabulates."""
+    """(label, model keyword arguments) of the variants `deeplab summary` tabulates; "architecture" names the
+    class when it is not DeepLabV3."""
     from keras_deeplab.convert import TORCHVISION_CONFIG
 
     variants = []
@@ -88,6 +91,10 @@ def summary_variants():
     for depth in (50, 101):
         variants.append((f"torchvision-compatible R{depth} (v1.5, OS8, head conv, aux head)",
                          {**TORCHVISION_CONFIG, "backbone": f"resnet{depth}_v1.5", "aux_head": True}))
+    for depth, output_stride, multi_grid in ((50, 16, (1, 1, 1)), (50, 8, (1, 1, 1)), (101, 16, (1, 2, 1))):
+        variants.append((f"cascaded R{depth} block7 OS{output_stride} MG{multi_grid} (no ASPP)",
+                         {"architecture": DeepLabV3Cascade, "backbone": f"resnet{depth}", "last_block": 7,
+                          "output_stride": output_stride, "multi_grid": multi_grid}))
     return variants
 
 
@@ -96,10 +103,11 @@ def summary_table(size=513, num_classes=21):
     lines = [f"| Model ({num_classes} classes) | ASPP rates | Parameters (M) | GMACs | GFLOPs |",
              "|---|---|---:|---:|---:|"]
     for label, kwargs in summary_variants():
-        model = DeepLabV3(num_classes, input_shape=(size, size, 3), **kwargs)
+        kwargs = dict(kwargs)
+        model = kwargs.pop("architecture", DeepLabV3)(num_classes, input_shape=(size, size, 3), **kwargs)
         trainable, total = count_parameters(model)
         macs = count_macs(model)
-        rates = "/".join(str(r) for r in model.atrous_rates)
+        rates = "/".join(str(r) for r in getattr(model, "atrous_rates", ())) or "none"
         lines.append(f"| {label} | {rates} | {trainable / 1e6:.2f} | {macs / 1e9:.1f} "
                      f"| {2 * macs / 1e9:.1f} |")
         del model
@@ -107,8 +115,8 @@ def summary_table(size=513, num_classes=21):
     return "\n".join(lines)
 
 
-SUMMARY_DESCRIPTION = ("Markdown table of DeepLabV3 variants: trainable parameters and convolution GMACs / GFLOPs "
-                       "(FLOPs = 2 x MACs) for one size x size image.")
+SUMMARY_DESCRIPTION = ("Markdown table of DeepLabV3 variants and cascaded models: trainable parameters and convolution "
+                       "GMACs / GFLOPs (FLOPs = 2 x MACs) for one size x size image.")
 
 
 def main(argv):

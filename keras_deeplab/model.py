@@ -12,6 +12,32 @@ def default_atrous_rates(output_stride):
     return tuple(r * 16 // output_stride for r in PAPER_ATROUS_RATES)
 
 
+def build_encoder(images, *, backbone, output_stride, multi_grid, atrous_rates, image_pooling, aspp_filters,
+                  aspp_dropout, preprocessing, bn_momentum, synchronized_bn, atrous_implementation, separable=False):
+    """DeepLabV3's encoder on the `images` input (arguments as DeepLabV3's; `separable`: ASPP's): preprocessing,
+    atrous backbone, ASPP. Returns (the backbone's features, ASPP's output, the arguments with defaults resolved)."""
+    spec = get_backbone(backbone)
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    multi_grid = tuple(int(m) for m in multi_grid)
+    atrous_rates = default_atrous_rates(output_stride) if atrous_rates is None else tuple(atrous_rates)
+    if preprocessing == "auto":
+        preprocessing = spec["preprocessing"]
+    x = ImagePreprocessing(preprocessing, name="preprocessing")(images) if preprocessing else images
+    backbone_args = {"output_stride": output_stride, "synchronized_bn": synchronized_bn, "bn_momentum": bn_momentum}
+    if spec["multi_grid"]:
+        backbone_args.update(multi_grid=multi_grid, atrous_implementation=atrous_implementation)
+    features = spec["features"](x, **backbone_args)
+    x = ASPP(aspp_filters, atrous_rates, image_pooling=image_pooling, dropout=aspp_dropout, bn_momentum=bn_momentum,
+             synchronized_bn=synchronized_bn, implementation=atrous_implementation, separable=separable,
+             name="aspp")(features["block4"])
+    resolved = {"backbone": backbone, "output_stride": int(output_stride), "multi_grid": multi_grid,
+                "atrous_rates": atrous_rates, "image_pooling": bool(image_pooling), "aspp_filters": int(aspp_filters),
+                "aspp_dropout": float(aspp_dropout), "preprocessing": preprocessing, "bn_momentum": float(bn_momentum),
+                "synchronized_bn": bool(synchronized_bn), "atrous_implementation": atrous_implementation}
+    return features, x, resolved
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class DeepLabV3(keras.Model):
     """DeepLabV3 as a functional Keras model: float RGB images `[N, H, W, 3]` in [0, 255], any H and W, to
@@ -50,26 +76,18 @@ class DeepLabV3(keras.Model):
                  synchronized_bn=False, atrous_implementation="auto", input_shape=(None, None, 3),
                  name="deeplabv3", **kwargs):
         spec = get_backbone(backbone)
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
-        multi_grid = tuple(int(m) for m in multi_grid)
-        atrous_rates = default_atrous_rates(output_stride) if atrous_rates is None else tuple(atrous_rates)
-        if preprocessing == "auto":
-            preprocessing = spec["preprocessing"]
         if aux_head and spec["aux_features"] is None:
             raise ValueError(f"aux_head needs a ResNet or MobileNetV3 backbone, got {backbone!r}")
         layers = keras.layers
 
         images = keras.Input(shape=tuple(input_shape), name="images")
-        x = ImagePreprocessing(preprocessing, name="preprocessing")(images) if preprocessing else images
-        backbone_args = {"output_stride": output_stride, "synchronized_bn": synchronized_bn,
-                         "bn_momentum": bn_momentum}
-        if spec["multi_grid"]:
-            backbone_args.update(multi_grid=multi_grid, atrous_implementation=atrous_implementation)
-        features = spec["features"](x, **backbone_args)
-        x = ASPP(aspp_filters, atrous_rates, image_pooling=image_pooling, dropout=aspp_dropout,
-                 bn_momentum=bn_momentum, synchronized_bn=synchronized_bn, implementation=atrous_implementation,
-                 name="aspp")(features["block4"])
+        features, x, encoder = build_encoder(
+            images, backbone=backbone, output_stride=output_stride, multi_grid=multi_grid, atrous_rates=atrous_rates,
+            image_pooling=image_pooling, aspp_filters=aspp_filters, aspp_dropout=aspp_dropout,
+            preprocessing=preprocessing, bn_momentum=bn_momentum, synchronized_bn=synchronized_bn,
+            atrous_implementation=atrous_implementation)
+        multi_grid, atrous_rates = encoder["multi_grid"], encoder["atrous_rates"]
+        preprocessing = encoder["preprocessing"]
         bn_args = {"momentum": bn_momentum, "epsilon": 1e-5, "synchronized": synchronized_bn}
         if head_conv:
             x = AtrousConv2D(aspp_filters, 3, use_bias=False, implementation=atrous_implementation,
@@ -150,6 +168,6 @@ class DeepLabV3(keras.Model):
         config = self.get_config()
         config.update(output_stride=output_stride,
                       atrous_rates=atrous_rates or [r * self.output_stride // output_stride for r in self.atrous_rates])
-        clone = DeepLabV3.from_config(config)
+        clone = type(self).from_config(config)
         clone.set_weights(self.get_weights())
         return clone

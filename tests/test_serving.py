@@ -668,3 +668,10 @@ def test_serving_package_needs_only_the_savedmodel():
             else:
                 assert name.split(".")[0] in allowed, (module, name)
     assert needed == {"client", "contract", "images"}
+
+
+def test_the_padding_label_is_the_ignore_label_pictures_leave_uncoloured():
+    from keras_deeplab import viz
+    from keras_deeplab.serving import contract
+
+    assert contract.PAD_LABEL == viz.IGNORE_LABEL

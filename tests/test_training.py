@@ -136,25 +136,27 @@ def test_every_shipped_config_loads():
     names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
     assert {"voc_train_aug.yaml", "cityscapes.yaml", "camvid_demo.yaml", "camvid_full.yaml"} <= set(names)
     model_arguments = set(inspect.signature(DeepLabV3.__init__).parameters)
-    assert set(DEFAULTS["model"]) <= model_arguments  # the model section holds DeepLabV3 keyword arguments
+    assert set(DEFAULTS["model"]) - {"architecture"} <= model_arguments  # and DeepLabV3 keyword arguments
     for name in names:
         config = load_config(CONFIGS / name)
-        assert set(config["model"]) == set(DEFAULTS["model"])
+        assert set(config["model"]) == set(train_module.model_defaults(config["model"]["architecture"]))
 
 
 def test_the_model_section_is_deeplabv3s_keyword_arguments():
-    """Every keyword argument of DeepLabV3 but input_shape and name, with DeepLabV3's default, and each settable;
-    an unknown key is refused, naming the allowed ones."""
+    """The architecture (default deeplabv3), then every keyword argument of DeepLabV3 but input_shape and name,
+    with DeepLabV3's default, and each settable; an unknown key is refused, naming the allowed ones."""
     parameters = inspect.signature(DeepLabV3.__init__).parameters
     keywords = [name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY]
-    assert list(DEFAULTS["model"]) == [name for name in keywords if name not in ("input_shape", "name")]
-    for name, value in DEFAULTS["model"].items():
+    assert list(DEFAULTS["model"]) == ["architecture"] + [name for name in keywords
+                                                          if name not in ("input_shape", "name")]
+    assert DEFAULTS["model"]["architecture"] == "deeplabv3"
+    for name, value in list(DEFAULTS["model"].items())[1:]:
         default = parameters[name].default
         assert value == (list(default) if isinstance(default, tuple) else default), name
-    values = {"backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1], "atrous_rates": [12, 24, 36],
-              "image_pooling": False, "aspp_filters": 64, "aspp_dropout": 0.1, "head_conv": True, "aux_head": True,
-              "preprocessing": None, "backbone_weights": "imagenet", "bn_momentum": 0.99, "synchronized_bn": True,
-              "atrous_implementation": "native"}
+    values = {"architecture": "deeplabv3", "backbone": "resnet50", "output_stride": 8, "multi_grid": [1, 1, 1],
+              "atrous_rates": [12, 24, 36], "image_pooling": False, "aspp_filters": 64, "aspp_dropout": 0.1,
+              "head_conv": True, "aux_head": True, "preprocessing": None, "backbone_weights": "imagenet",
+              "bn_momentum": 0.99, "synchronized_bn": True, "atrous_implementation": "native"}
     assert values.keys() == DEFAULTS["model"].keys()
     assert load_config(None, [f"model.{key}={json.dumps(value)}" for key, value in values.items()])["model"] == values
     for key in ("input_shape", "name", "num_classes", "aux"):

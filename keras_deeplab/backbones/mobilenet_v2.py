@@ -21,10 +21,14 @@ BLOCKS = [
     (6, 160, 2), (6, 160, 1), (6, 160, 1),
     (6, 320, 1),
 ]
+# DeepLabv3+'s low-level features: the depthwise output of block 2, the last at stride 4 (the TF DeepLab code's
+# decoder end point `layer_4/depthwise_output`).
+DECODER_BLOCK = 2
 
 
 def mobilenet_v2_features(images, *, output_stride=16, bn_momentum=0.999, synchronized_bn=False):
-    """Builds the backbone on preprocessed `images` ([-1, 1]); returns {"block4": last features}."""
+    """Builds the backbone on preprocessed `images` ([-1, 1]); returns {"stride4": the 144-channel depthwise
+    output of block 2, "block4": last features}."""
     layers = keras.layers
 
     def bn(name):
@@ -49,7 +53,9 @@ def mobilenet_v2_features(images, *, output_stride=16, bn_momentum=0.999, synchr
                                    padding="same", use_bias=False, depthwise_initializer="he_normal",
                                    name=prefix + "depthwise")(x)
         x = layers.ReLU(6.0, name=prefix + "depthwise_relu")(bn(prefix + "depthwise_BN")(x))
+        if block_id == DECODER_BLOCK:
+            stride4 = x
         x = bn(prefix + "project_BN")(layers.Conv2D(filters, 1, use_bias=False, name=prefix + "project")(x))
         if in_channels == filters and stride == 1:
             x = layers.Add(name=prefix + "add")([inputs, x])
-    return {"block4": x}
+    return {"stride4": stride4, "block4": x}

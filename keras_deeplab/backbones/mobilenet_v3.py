@@ -47,11 +47,15 @@ STEM_FILTERS = 16
 LAST_FILTERS = 960
 # The stride-8 features torchvision's auxiliary head reads: `features[stage_indices[-4]]`, the first 40-channel block.
 AUX_BLOCK = 4
+# DeepLabv3+'s low-level features: the depthwise output of features[3], the last block at stride 4 (the TF DeepLab
+# code's decoder end point `layer_4/depthwise_output`).
+DECODER_BLOCK = 3
 
 
 def mobilenet_v3_large_features(images, *, output_stride=16, bn_momentum=0.99, synchronized_bn=False):
-    """Builds the backbone on preprocessed `images` (torchvision's normalization); returns {"stride8": the
-    40-channel output of block 4, "block4": the 960-channel last features}."""
+    """Builds the backbone on preprocessed `images` (torchvision's normalization); returns {"stride4": the
+    72-channel depthwise output of block 3, "stride8": the 40-channel output of block 4, "block4": the 960-channel
+    last features}."""
     layers = keras.layers
 
     def conv_bn(x, name, filters, kernel=1, strides=1, dilation=1, activation=None, depthwise=False):
@@ -92,6 +96,8 @@ def mobilenet_v3_large_features(images, *, output_stride=16, bn_momentum=0.99, s
             y = conv_bn(y, f"{name}_{next(parts)}", block.expanded, activation=block.activation)
         y = conv_bn(y, f"{name}_{next(parts)}", block.expanded, block.kernel, strides=stride, dilation=rate,
                     activation=block.activation, depthwise=True)
+        if index == DECODER_BLOCK:
+            features["stride4"] = y
         if block.squeeze:
             y = squeeze_excitation(y, f"{name}_{next(parts)}", block.squeeze)
         y = conv_bn(y, f"{name}_{next(parts)}", block.filters)

@@ -7,6 +7,9 @@ Two layouts share one builder:
 - "v1.5": torchvision's ResNet (stride on the 3x3 conv, no conv biases, BN eps 1e-5, symmetric padding); the
   first unit of a dilated stage keeps the previous rate, as torchvision does.
 """
+import itertools
+import operator
+
 import keras
 
 from keras_deeplab.layers import AtrousConv2D, BatchNormalization, Conv2D
@@ -34,18 +37,24 @@ def stage_rates(output_stride, stage_strides=(2, 2, 2), initial_stride=4):
             plan.append((stride, rate, rate))
             current *= stride
     if current != output_stride:
-        raise ValueError(f"output_stride must be one of 8, 16, 32, got {output_stride}")
+        choices = list(itertools.accumulate(stage_strides, operator.mul, initial=initial_stride))[1:]
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, choices))}, got {output_stride}")
     return plan
 
 
-def resnet_features(images, *, depth=101, variant="v1", output_stride=16, multi_grid=(1, 1, 1),
+def resnet_features(images, *, depth=101, variant="v1", output_stride=16, multi_grid=(1, 1, 1), extra_blocks=0,
                     bn_momentum=0.99, synchronized_bn=False, atrous_implementation="auto"):
-    """Builds the backbone on the (preprocessed) `images` tensor; returns {"block1".."block4": tensor}."""
+    """Builds the backbone on the (preprocessed) `images` tensor; returns {"block1".."block4": tensor}.
+
+    `extra_blocks` appends that many copies of block4 ("block5", ...; DeepLabv3's cascaded model): each halves
+    the resolution unless `output_stride` turns its stride into a doubled rate, and `multi_grid` applies to each.
+    """
     if depth not in STAGE_UNITS:
         raise ValueError(f"ResNet depth must be one of {sorted(STAGE_UNITS)}, got {depth}")
     if variant not in VARIANTS:
         raise ValueError(f"ResNet variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    units = STAGE_UNITS[depth]
+    units = STAGE_UNITS[depth] + STAGE_UNITS[depth][-1:] * extra_blocks
+    stage_filters = STAGE_FILTERS + STAGE_FILTERS[-1:] * extra_blocks
     if len(multi_grid) != units[-1]:
         raise ValueError(f"multi_grid needs {units[-1]} values (one per unit of the last block), got {multi_grid}")
     spec = VARIANTS[variant]
@@ -65,15 +74,15 @@ def resnet_features(images, *, depth=101, variant="v1", output_stride=16, multi_
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
 
-    plan = [(1, 1, 1)] + stage_rates(output_stride)
+    plan = [(1, 1, 1)] + stage_rates(output_stride, stage_strides=(2,) * (len(units) - 1))
     features = {}
-    for stage, (n_units, filters, (stride, rate_before, rate)) in enumerate(zip(units, STAGE_FILTERS, plan)):
-        last_stage = stage == len(units) - 1
+    for stage, (n_units, filters, (stride, rate_before, rate)) in enumerate(zip(units, stage_filters, plan)):
+        multi_grid_stage = stage >= len(STAGE_FILTERS) - 1  # block4 and its copies
         for unit in range(n_units):
             name = f"conv{stage + 2}_block{unit + 1}"
             unit_stride = stride if unit == 0 else 1
             unit_rate = rate_before if (unit == 0 and spec["first_unit_keeps_rate"]) else rate
-            if last_stage:
+            if multi_grid_stage:
                 unit_rate *= multi_grid[unit]
             shortcut = x
             if unit == 0:

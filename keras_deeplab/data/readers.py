@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from keras_deeplab.data.tfrecords import invalid_label_values
+from keras_deeplab.viz import IGNORE_LABEL
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class LabelSpec:
     """
 
     num_classes: int
-    ignore_label: int = 255
+    ignore_label: int = IGNORE_LABEL
     remap: tuple = ()
 
     def __post_init__(self):

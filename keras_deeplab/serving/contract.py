@@ -27,7 +27,9 @@ IMAGE_SIZE = "image_size"
 IMAGES = "images"
 PROBABILITIES = "probabilities"
 
-# The label of the pixels past an image's own size in `labels` (each image is padded to the largest of a batch).
+# The label of the pixels past an image's own size in `labels` (each image is padded to the largest of a batch):
+# the datasets' ignore label (`viz.IGNORE_LABEL`), which pictures leave uncoloured. Written out here because
+# serving/ stands alone (it needs only the SavedModel); tests/test_serving.py checks the two agree.
 PAD_LABEL = 255
 
 # signature -> (inputs, outputs), each {tensor name: DataType name}: what every export provides.

@@ -1,9 +1,9 @@
-"""Callbacks of a training run: fault-tolerant backup, best checkpoint by val mIoU, CSV and TensorBoard logs,
-and a clear stop when the loss diverges.
+"""Callbacks of a training run: fault-tolerant backup, best checkpoint by val mIoU, CSV and TensorBoard logs
+(with validation images), and a clear stop when the loss diverges.
 
 Files under the run directory: `model.keras` (best by `val_mean_iou`), `log.csv` (one row per epoch, with the
-global `step` and `learning_rate`), `logs/` (TensorBoard) and `backup/` (the weights, optimizer state and step
-of the last backup while a run is unfinished; deleted at the end).
+global `step` and `learning_rate`), `logs/` (TensorBoard; `logs/validation` also holds the images) and `backup/`
+(the weights, optimizer state and step of the last backup while a run is unfinished; deleted at the end).
 """
 import csv
 import glob
@@ -12,7 +12,12 @@ import math
 import os
 
 import keras
+import numpy as np
+import tensorflow as tf
 
+from keras_deeplab.architectures import main_output
+
+IMAGE_TAG = "image_label_prediction"
 MODEL_FILE = "model.keras"
 CSV_FILE = "log.csv"
 TENSORBOARD_DIR = "logs"
@@ -57,6 +62,42 @@ class StepLogger(keras.callbacks.Callback):
         if logs is not None:
             logs["step"] = int(self.model.optimizer.iterations.numpy())
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class ValidationImages(keras.callbacks.Callback):
+    """At each epoch end, writes validation images with their label and the model's prediction (argmax of its
+    main output) side by side, coloured by `colormap` (uint8 [256, 3]), as TensorBoard images
+    `image_label_prediction/<i>` (one tag per image, as their sizes may differ) at step `epoch`.
+
+    Args:
+        log_dir: the summary directory (the TensorBoard callback's `validation` folder).
+        samples: (image float [H, W, 3] in 0..255, label int [H, W]) pairs.
+        colormap: the dataset's colours, indexed by label.
+    """
+
+    def __init__(self, log_dir, samples, colormap):
+        super().__init__()
+        self.log_dir = log_dir
+        self.samples = list(samples)
+        self.colormap = np.asarray(colormap, np.uint8)
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for index, (image, label) in enumerate(self.samples):
+                logits = main_output(self.model(np.asarray(image, np.float32)[None], training=False))
+                prediction = np.argmax(keras.ops.convert_to_numpy(logits)[0], axis=-1)
+                picture = np.concatenate([np.clip(np.rint(image), 0, 255).astype(np.uint8),
+                                          self.colormap[label], self.colormap[prediction]], axis=1)
+                tf.summary.image(f"{IMAGE_TAG}/{index}", picture[None], step=epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def read_csv_log(path):
@@ -182,8 +223,9 @@ def trim_csv_log(path, epoch):
 
 
 def training_callbacks(run_dir, *, steps_per_epoch, backup_every_steps=None, validate=True, tensorboard=True,
-                       monitor="val_mean_iou"):
-    """The callbacks of a (possibly resumed) run writing to `run_dir`, in the order they must run.
+                       image_samples=(), colormap=None, monitor="val_mean_iou"):
+    """The callbacks of a (possibly resumed) run writing to `run_dir`, in the order they must run. With
+    `tensorboard`, the `image_samples` (image, label) are drawn with `colormap` (see ValidationImages).
 
     A backup in `run_dir/backup` means an interrupted run: training resumes at its step (see
     StepBackupAndRestore), the CSV log is continued (trimmed to the epoch it resumes in) and the best
@@ -199,6 +241,8 @@ def training_callbacks(run_dir, *, steps_per_epoch, backup_every_steps=None, val
     if tensorboard:
         log_dir = os.path.join(run_dir, TENSORBOARD_DIR)
         callbacks.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
+        if image_samples:
+            callbacks.append(ValidationImages(os.path.join(log_dir, "validation"), image_samples, colormap))
     if validate:
         earlier = [row[monitor] for row in read_csv_log(csv_path) if monitor in row] if resume_epoch else []
         callbacks.append(keras.callbacks.ModelCheckpoint(

@@ -8,7 +8,7 @@ with momentum 0.9 decays about ten times less than the paper's setting, so it is
 """
 import keras
 
-IGNORE_LABEL = 255
+from keras_deeplab.viz import IGNORE_LABEL
 CONV_LAYERS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)  # AtrousConv2D is a Conv2D
 
 

@@ -1,4 +1,5 @@
-"""Training: `model.fit` of a DeepLabV3 under a tf.distribute strategy, driven by a YAML config.
+"""Training: `model.fit` of a DeepLabV3 (or another `model.architecture`) under a tf.distribute strategy, driven
+by a YAML config.
 
     deeplab train --config camvid_demo --data-dir data/camvid --model-dir runs/demo
     deeplab train --config voc_train_aug --data-dir data/voc --model-dir runs/voc \\
@@ -7,9 +8,9 @@
 
 `--config` takes a YAML file or the name of a config shipped with the package (the repository's
 training/configs/*.yaml, installed as keras_deeplab.configs). A config has five sections (see DEFAULTS, the
-paper's PASCAL VOC setting; the model section takes DeepLabV3's keyword arguments); a config file may name a
-`base:` config (path relative to it) whose values it overrides. Batch size, learning rate and steps are global
-(the strategy splits each batch across replicas).
+paper's PASCAL VOC setting; the model section names an architecture, default deeplabv3, and takes its class's
+keyword arguments); a config file may name a `base:` config (path relative to it) whose values it overrides.
+Batch size, learning rate and steps are global (the strategy splits each batch across replicas).
 
 `<model_dir>` receives model.keras (best by val mIoU, or the final model without validation), log.csv,
 TensorBoard logs/, config.yaml, and backup/ while unfinished: run the same command again after a crash to resume
@@ -18,7 +19,6 @@ number of steps.
 """
 import argparse
 import copy
-import inspect
 import math
 import os
 import sys
@@ -29,42 +29,39 @@ import yaml
 
 import tensorflow as tf
 
+from keras_deeplab.architectures import DEFAULT_ARCHITECTURE, architecture_defaults, get_architecture
 from keras_deeplab.data.pipeline import eval_dataset, load_dataset_info, tfrecord_files, train_dataset
-from keras_deeplab.model import DeepLabV3
 from keras_deeplab.training import multi_worker
 from keras_deeplab.training.callbacks import (BACKUP_DIR, MODEL_FILE, TrainingDivergedError, backed_up_step,
                                               training_callbacks)
 from keras_deeplab.training.evaluate import load_model
 from keras_deeplab.training.recipe import compile_model, freeze_batch_norm
 from keras_deeplab.training.strategy import describe, get_strategy
+from keras_deeplab.viz import get_colormap
 
 EXIT_DIVERGED = 3
-# DeepLabV3 keyword arguments that a config does not set: training crops and whole validation images need a model of
-# any input size, and the model's name is its class's. num_classes (not keyword-only) comes from the dataset.
-MODEL_ARGUMENTS_NOT_CONFIGURED = ("input_shape", "name")
 
 
-def model_defaults():
-    """The config's model section: DeepLabV3's keyword-only arguments with their defaults (the paper's model; tuples
-    as lists, as YAML writes them), but for MODEL_ARGUMENTS_NOT_CONFIGURED. The training defaults differ from the
-    model's in nothing; a config that wants other values (ImageNet weights, synchronized BN) sets them."""
-    parameters = inspect.signature(DeepLabV3.__init__).parameters.values()
-    return {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in parameters
-            if p.kind is p.KEYWORD_ONLY and p.name not in MODEL_ARGUMENTS_NOT_CONFIGURED}
+def model_defaults(architecture=DEFAULT_ARCHITECTURE):
+    """The config's model section for `architecture`: its name and its class's keyword-only arguments with their
+    defaults (architectures.architecture_defaults; for DeepLabV3 the paper's model). A config that wants other
+    values (ImageNet weights, synchronized BN) sets them."""
+    return {"architecture": architecture, **architecture_defaults(architecture)}
 
 
 DEFAULTS = {
-    # Keyword arguments of DeepLabV3, from its signature.
+    # The architecture (keras_deeplab.architectures) and the keyword arguments of its class, from its signature.
     "model": model_defaults(),
     # Training input (keras_deeplab.data.pipeline.train_dataset); resize rescales every image first.
     "data": {"train_split": "train", "crop_size": [513, 513], "min_scale": 0.5, "max_scale": 2.0,
              "flip": True, "resize": None, "shuffle_buffer": 256},
     # Global batch size and steps; poly learning rate lr * (1 - step / steps) ** lr_power. backup_every_steps:
-    # also back up within epochs at multiples of this step (null: at epoch ends only).
+    # also back up within epochs at multiples of this step (null: at epoch ends only). tensorboard_images: validation
+    # images drawn with label and prediction in TensorBoard at each epoch end (0: none).
     "train": {"batch_size": 16, "steps": 30000, "steps_per_epoch": 1000, "learning_rate": 0.007,
               "lr_power": 0.9, "end_learning_rate": 0.0, "momentum": 0.9, "weight_decay": 1e-4,
               "freeze_bn": False, "init_checkpoint": None, "mixed_precision": None, "jit_compile": "auto",
-              "seed": None, "tensorboard": True, "backup_every_steps": 100},
+              "seed": None, "tensorboard": True, "tensorboard_images": 3, "backup_every_steps": 100},
     # Validation after every epoch (single scale, whole images); split null trains without validation.
     "eval": {"split": "val", "max_images": None},
     # strategy: auto | default | mirrored | multi_worker | tpu; logical_cpus splits the CPU (for tests).
@@ -75,18 +72,34 @@ MIXED_PRECISION = (None, "mixed_float16", "mixed_bfloat16")
 CONFIG_PACKAGE = "keras_deeplab.configs"
 
 
+def rebase_model_section(model, update):
+    """(the defaults of the architecture that the model section update `update` names, else of `model`'s, the
+    values to set on them: those `model` sets apart from its own architecture's defaults, then `update`'s)."""
+    architecture = update.get("architecture", model["architecture"])
+    previous = model_defaults(model["architecture"])
+    kept = {key: value for key, value in model.items() if value != previous[key]}
+    return model_defaults(architecture), {**kept, **update}
+
+
 def merge_config(base, update, source="config"):
-    """`base` updated by the sections and keys of `update`; unknown sections or keys raise, naming them."""
+    """`base` updated by the sections and keys of `update`; unknown sections or keys raise, naming them. The model
+    section's keys are those of the architecture it names (`model.architecture`, default DeepLabV3)."""
     merged = copy.deepcopy(base)
     for section, values in (update or {}).items():
         if section not in merged:
             raise ValueError(f"{source}: unknown section {section!r}; expected one of {sorted(merged)}")
         if not isinstance(values, dict):
             raise ValueError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        if section == "model":
+            try:
+                merged[section], values = rebase_model_section(merged[section], values)
+            except (ValueError, ImportError) as err:
+                raise ValueError(f"{source}: {err}") from err
         for key, value in values.items():
             if key not in merged[section]:
+                known = f" (architecture {merged[section]['architecture']!r})" if section == "model" else ""
                 raise ValueError(f"{source}: unknown key {section}.{key}; "
-                                 f"{section} has {sorted(merged[section])}")
+                                 f"{section}{known} has {sorted(merged[section])}")
             merged[section][key] = value
     return merged
 
@@ -152,6 +165,9 @@ def check_config(config):
     every = train["backup_every_steps"]
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ValueError(f"train.backup_every_steps must be a positive integer or null, got {every!r}")
+    images = train["tensorboard_images"]
+    if not isinstance(images, int) or isinstance(images, bool) or images < 0:
+        raise ValueError(f"train.tensorboard_images must be a non-negative integer, got {images!r}")
     if train["steps"] % min(train["steps_per_epoch"], train["steps"]):
         raise ValueError(f"train.steps ({train['steps']}) must be a multiple of train.steps_per_epoch "
                          f"({train['steps_per_epoch']})")
@@ -173,14 +189,17 @@ def resolve_config(config):
 
 
 def build_model(model_config, num_classes, train_config):
-    """The DeepLabV3 of `model_config` (under the mixed-precision policy, if any), with the weights of
+    """The model of `model_config` (its `architecture`, default DeepLabV3, with the other keys as keyword
+    arguments; under the mixed-precision policy, if any), with the weights of
     `train.init_checkpoint` when given (e.g. an OS16 model to fine-tune at OS8) and BatchNorm frozen if
     asked."""
     policy = keras.config.dtype_policy()
     if train_config["mixed_precision"]:
         keras.config.set_dtype_policy(train_config["mixed_precision"])
+    arguments = dict(model_config)
+    architecture = get_architecture(arguments.pop("architecture", DEFAULT_ARCHITECTURE))
     try:
-        model = DeepLabV3(num_classes, **model_config)
+        model = architecture(num_classes, **arguments)
     finally:
         keras.config.set_dtype_policy(policy)
     if train_config["init_checkpoint"]:
@@ -233,14 +252,24 @@ def make_datasets(config, data_dir, info, strategy, skip_batches=0):
     return train_data, val_data.take(val_steps).apply(tf.data.experimental.assert_cardinality(val_steps))
 
 
+def image_samples(config, data_dir):
+    """The first train.tensorboard_images (image, label) pairs of the validation split, as NumPy arrays (none
+    without TensorBoard or validation)."""
+    count, split = config["train"]["tensorboard_images"], config["eval"]["split"]
+    if not (config["train"]["tensorboard"] and count and split is not None):
+        return []
+    dataset = eval_dataset(data_dir, split, resize=config["data"]["resize"]).take(count)
+    return [(image[0], label[0]) for image, label in dataset.as_numpy_iterator()]
+
+
 def train(config, data_dir, model_dir, *, verbose=1):
-    """Trains the DeepLabV3 described by `config` (sections as in DEFAULTS, missing keys defaulted) on the
+    """Trains the model described by `config` (sections as in DEFAULTS, missing keys defaulted) on the
     prepared dataset at `data_dir`, writing to `model_dir`; resumes an interrupted run in the same model_dir.
     Returns (model, history); the model carries the weights saved as `<model_dir>/model.keras` (best val mIoU,
     or final without validation). Raises TrainingDivergedError when the loss becomes NaN or infinite."""
     config = resolve_config(config)
     model_cfg, train_cfg, eval_cfg = config["model"], config["train"], config["eval"]
-    if model_cfg["aux_head"]:
+    if model_cfg.get("aux_head"):
         raise ValueError("model.aux_head: training with the auxiliary head is not supported (the recipe's loss and "
                          "mIoU metric, the best checkpoint and evaluation take the model's one logits output; the "
                          "paper trains without it); set model.aux_head=false")
@@ -253,7 +282,7 @@ def train(config, data_dir, model_dir, *, verbose=1):
     if verbose:
         print(f"deeplab train: {describe(strategy)}, global batch {train_cfg['batch_size']}, "
               f"{train_cfg['steps']} steps")
-        if replicas > 1 and not model_cfg["synchronized_bn"]:
+        if replicas > 1 and not model_cfg.get("synchronized_bn"):
             print("deeplab train: note: without model.synchronized_bn=true every replica keeps BatchNorm "
                   "statistics of its own examples and the first replica's are saved (Keras 3.15)")
         if multi_worker.is_multi_worker(strategy) and train_cfg["seed"] is None:
@@ -294,7 +323,8 @@ def train(config, data_dir, model_dir, *, verbose=1):
     train_data, val_data = make_datasets(config, data_dir, info, strategy, skip_batches)
     callbacks = training_callbacks(run_dir, steps_per_epoch=steps_per_epoch,
                                    backup_every_steps=train_cfg["backup_every_steps"], validate=validate,
-                                   tensorboard=train_cfg["tensorboard"])
+                                   tensorboard=train_cfg["tensorboard"], image_samples=image_samples(config, data_dir),
+                                   colormap=get_colormap(info["colormap"]))
     history = model.fit(train_data, epochs=train_cfg["steps"] // steps_per_epoch,
                         steps_per_epoch=steps_per_epoch, validation_data=val_data, shuffle=False,
                         verbose=verbose, callbacks=callbacks)
