@@ -14,6 +14,7 @@ Every case runs in its own process with the threads fixed to `--threads`; the ca
 JSON line per case and per ours/peer pair, then Markdown tables.
 """
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -75,7 +76,8 @@ def case_specs(args, state_path):
                                peer_variants=PEER_VARIANTS, paper_models=PAPER_MODELS)
     if not args.no_peak:
         specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework}}
-                  for name, framework in PEAK_CASES.items() if args.device == "cpu" or framework != "numpy"]
+                  for name, framework in PEAK_CASES.items()
+                  if (args.device == "cpu" or framework != "numpy") and importlib.util.find_spec(framework)]
     return specs
 
 
