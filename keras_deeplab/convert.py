@@ -166,6 +166,11 @@ def assign_torchvision_weights(model, state):
         variable.assign(values[key].astype(variable.dtype))
 
 
+def without_aux_head(state):
+    """`state` without the auxiliary head's keys, for a model built without it."""
+    return {key: value for key, value in state.items() if not key.startswith(AUX_PREFIX)}
+
+
 def _resnet_depth(state):
     units = {match[1] for match in (re.match(r"backbone\.layer3\.(\d+)\.", key) for key in state) if match}
     if len(units) not in DEPTH_BY_LAYER3_UNITS:
@@ -201,7 +206,7 @@ def from_torchvision(state_dict, *, include_preprocessing=True, aux_head=None):
     if aux_head is None:
         aux_head = has_aux
     if not aux_head:
-        state = {key: value for key, value in state.items() if not key.startswith(AUX_PREFIX)}
+        state = without_aux_head(state)
     if NUM_CLASSES_KEY not in state:
         raise ValueError(f"State dict has no {NUM_CLASSES_KEY!r} (the classifier's last conv): "
                          "not a torchvision DeepLabV3 state dict")

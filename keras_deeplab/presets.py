@@ -140,7 +140,7 @@ def _preset_model(preset, path, num_classes, overrides):
         return DeepLabV3(num_classes=num_classes, backbone_weights=path, **architecture)
     state = convert.load_state_dict(path)
     if not architecture.get("aux_head"):
-        state = {key: value for key, value in state.items() if not key.startswith(convert.AUX_PREFIX)}
+        state = convert.without_aux_head(state)
     model = DeepLabV3(num_classes=preset.num_classes, **architecture)
     convert.assign_torchvision_weights(model, state)
     return model

@@ -1,16 +1,12 @@
 """`deeplab predict` on SavedModels with the export's serving contract, run through the CLI."""
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.model_server import deeplab_serve, free_port
 from keras_deeplab import cli, predict, viz
 from keras_deeplab.export import EXPORT_INFO_FILE
 
@@ -197,45 +193,18 @@ def test_model_or_url_is_required(capsys):
     assert "--model" in capsys.readouterr().err
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def version_2_available(status):
+    return {s["version"]: s["state"] for s in status["model_version_status"]}.get("2") == "AVAILABLE"
 
 
 @pytest.fixture(scope="module")
-def served_url(model_base):
-    """`deeplab serve` of `model_base` as "deeplabv3" on a free local port, running until the module ends."""
-    import httpx
-
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "keras_deeplab.cli", "serve", "--model_base_path", str(model_base),
-               "--model_name", "deeplabv3", "--rest_api_port", str(port), "--file_system_poll_wait_seconds", "0"]
-    server = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stderr=subprocess.PIPE,
-                              text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"deeplab serve exited with {server.returncode}: {server.stderr.read()[-2000:]}")
-            try:
-                states = httpx.get(f"{url}/v1/models/deeplabv3", timeout=5).json()["model_version_status"]
-                if {s["version"]: s["state"] for s in states}.get("2") == "AVAILABLE":
-                    break
-            except (httpx.HTTPError, KeyError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("deeplab serve did not make version 2 AVAILABLE within 120 s")
-            time.sleep(0.5)
+def served_url(model_base, tmp_path_factory):
+    """`deeplab serve` of `model_base` as "deeplabv3" on a free local port once it serves version 2, running until
+    the module ends."""
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with deeplab_serve(model_base, "deeplabv3", log_path, "--file_system_poll_wait_seconds", "0", timeout=120,
+                       ready=version_2_available) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def test_predict_through_a_tf_serving_rest_endpoint(served_url, tmp_path, capsys):
@@ -250,7 +219,7 @@ def test_predict_through_a_tf_serving_rest_endpoint(served_url, tmp_path, capsys
 
 
 def test_unreachable_url_or_unknown_model_or_version_gives_a_clear_error(served_url, tmp_path, capsys):
-    assert _predict(IMAGES[0], "--url", f"http://127.0.0.1:{_free_port()}", "--out", tmp_path) == 1
+    assert _predict(IMAGES[0], "--url", f"http://127.0.0.1:{free_port()}", "--out", tmp_path) == 1
     assert "cannot reach the server" in capsys.readouterr().err
     assert _predict(IMAGES[0], "--url", served_url, "--model_name", "other", "--out", tmp_path) == 1
     assert "HTTP 404" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The exported computation: the inference size policy, logits at each image's own size, and the
 `keras.export.ExportArchive` with the contract's two signatures (no XLA, float32 compute)."""
+from keras_deeplab.architectures import main_output
 from keras_deeplab.serving.contract import (IMAGE_BYTES, IMAGE_SIZE, IMAGES, IMAGES_SIGNATURE, LABEL_PNG_BYTES,
                                             LABELS, PAD_LABEL, PROBABILITIES, SERVING_SIGNATURE)
 
@@ -31,10 +32,7 @@ def model_logits(model, images):
     """float32 logits of `model` (its main output when it also has an auxiliary one) for float images."""
     import tensorflow as tf
 
-    outputs = model(images, training=False)
-    if isinstance(outputs, dict):
-        outputs = outputs["out"]
-    return tf.cast(outputs, tf.float32)
+    return tf.cast(main_output(model(images, training=False)), tf.float32)
 
 
 def logits_at_input_size(model, images, max_long_side=None):

@@ -17,8 +17,9 @@ def free_port():
 
 
 @contextlib.contextmanager
-def deeplab_serve(base_dir, model_name, log_path, *options, timeout=240):
-    """Yields (url, process) once the model's status answers; stops the server on exit."""
+def deeplab_serve(base_dir, model_name, log_path, *options, timeout=240, ready=None):
+    """Yields (url, process) once the model's status answers (and `ready(status JSON)` holds, if given); stops
+    the server on exit."""
     port = free_port()
     command = [sys.executable, "-m", "keras_deeplab.cli", "serve", "--model_name", model_name,
                "--model_base_path", str(base_dir), "--rest_api_port", str(port), *options]
@@ -32,9 +33,10 @@ def deeplab_serve(base_dir, model_name, log_path, *options, timeout=240):
             if process.poll() is not None:
                 pytest.fail(f"deeplab serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/v1/models/{model_name}", timeout=5).status_code == 200:
+                response = httpx.get(f"{url}/v1/models/{model_name}", timeout=5)
+                if response.status_code == 200 and (ready is None or ready(response.json())):
                     break
-            except httpx.TransportError:
+            except (httpx.TransportError, KeyError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"deeplab serve not ready after {timeout} s:\n{log_path.read_text()[-3000:]}")
