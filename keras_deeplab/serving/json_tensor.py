@@ -20,6 +20,7 @@ import binascii
 import functools
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +54,22 @@ _FLOAT_DIGITS = {np.dtype(np.float32): (6, 9), np.dtype(np.float64): (15, 17)}
 DEFAULT_MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
-class ServingError(Exception):
-    """A request that cannot be served: `status` is the HTTP status code, `message` the `{"error": ...}` text."""
+# HTTP status -> the canonical error code a request refused with it counts as (metrics, gRPC status) when the
+# error does not name its code; the reverse of tensorflow_serving's ToHTTPStatusCode for the codes used here.
+STATUS_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                409: "ABORTED", 413: "RESOURCE_EXHAUSTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+                500: "INTERNAL", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 
-    def __init__(self, message, status=400):
+
+class ServingError(Exception):
+    """A request that cannot be served: `status` is the HTTP status code, `message` the `{"error": ...}` text,
+    `code` the canonical error code name ("INVALID_ARGUMENT", ...; by default the one `status` stands for)."""
+
+    def __init__(self, message, status=400, code=None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code or STATUS_CODES.get(status, "UNKNOWN")
 
 
 def out_of_memory_is_429(what):
@@ -86,26 +96,225 @@ class PredictRequest:
 
 @out_of_memory_is_429("parsing the request")
 def parse_predict_body(body):
-    """Parses a predict request body (bytes or str) into a PredictRequest, or raises ServingError (400)."""
+    """Parses a predict request body (bytes or str) into a PredictRequest, or raises ServingError (400).
+
+    The checks and messages are those of TF Serving's FillPredictRequestFromJson (util/json_tensor.cc).
+    """
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise ServingError(_format_error(document, "Is not object"))
+    signature_name = document.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise ServingError(_format_error(document,
+                                         "not formatted correctly. 'signature_name' key must be a string value."))
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances and has_inputs:
+        raise ServingError(_format_error(
+            document, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "))
+    if not (has_instances or has_inputs):
+        raise ServingError("Missing 'inputs' or 'instances' key")
+    if has_instances and not isinstance(document["instances"], list):
+        raise ServingError(_format_error(document, "Excepting 'instances' to be an list/array"))
+    if has_instances and not document["instances"]:
+        raise ServingError(_format_error(document, "No values in 'instances' array"))
+    # An empty signature_name is the default one, as in TF Serving's GetInfoMap.
+    return PredictRequest(signature_name or SERVING_SIGNATURE, has_instances,
+                          document["instances" if has_instances else "inputs"])
+
+
+def _format_error(document, text):
+    """TF Serving's FormatError: the document as RapidJSON's PrettyWriter prints it (4-space indent), then `text`."""
+    return f"JSON Value: {json.dumps(document, indent=4, ensure_ascii=False)} {text}"
+
+
+def parse_json(body):
+    """The JSON document in `body` (bytes or str), read as TF Serving's RapidJSON 1.1.0 reads it, or ServingError.
+
+    Rejections get TF Serving's message, `JSON Parse error: <GetParseError_En text> at offset: <byte offset>`
+    (`JSON Parse error: The document is empty` for a body of zero bytes). Python's json module parses; its error
+    (kind and position) is mapped to the RapidJSON error code and to the byte offset where RapidJSON stops. As in
+    RapidJSON (MemoryStream, no kParseValidateEncodingFlag): leading UTF-8 BOM bytes are skipped but counted in
+    offsets, a NUL byte ends the document, and bytes that are not UTF-8 are kept as they are inside strings (they
+    come back from `string_bytes`) and are an invalid value outside them.
+
+    Not exact: RapidJSON also accepts `Inf`, `-NaN` and `-Inf` (refused here as an invalid value); it refuses
+    numbers beyond a double (`Number too big to be stored in double.`) where Python reads 1e400 as infinity and
+    keeps integers exact (only integers of more than 4300 digits are refused here, at the number's start, as
+    RapidJSON does); a JSON escape of a lone low surrogate (`\\udc80`) is kept as the byte it stands for in
+    Python's surrogateescape scheme, not as RapidJSON's 3 bytes, when it is in 0xDC80-0xDCFF; nesting deeper than
+    Python's recursion limit is refused (`nested too deeply`) where RapidJSON has no limit; of duplicate keys,
+    Python keeps the last one and RapidJSON's FindMember the first.
+    """
+    if isinstance(body, str):
+        body = body.encode("utf-8", "surrogatepass")
+    if not body:
+        raise ServingError("JSON Parse error: The document is empty")
+    start = 0
+    for bom_byte in b"\xef\xbb\xbf":  # EncodedInputStream<UTF8<>, MemoryStream> skips each BOM byte if present
+        start += body[start:start + 1] == bytes([bom_byte])
+    stop = body.find(b"\0", start)
+    text = str(memoryview(body)[start:stop if stop >= 0 else len(body)], "utf-8", "surrogateescape")
     try:
-        document = json.loads(body)
+        document = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ServingError(f"JSON Parse error: {error.msg} at offset: {error.pos}") from None
-    except UnicodeDecodeError as error:
-        raise ServingError(f"JSON Parse error: body is not UTF-8 text ({error.reason})") from None
+        problem, index = _rapidjson_error(text, error.msg, error.pos)
     except RecursionError:
         raise ServingError("JSON Parse error: nested too deeply") from None
-    if not isinstance(document, dict):
-        raise ServingError(f"JSON Parse error: the request body must be a JSON object, got {_json_type(document)}")
-    has_instances, has_inputs = "instances" in document, "inputs" in document
-    if has_instances == has_inputs:
-        if has_instances:
-            raise ServingError("Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists")
-        raise ServingError("Missing 'inputs' or 'instances' key")
-    signature_name = document.get("signature_name", SERVING_SIGNATURE)
-    if not isinstance(signature_name, str):
-        raise ServingError(f"'signature_name' key must be a string value, got {_json_type(signature_name)}")
-    return PredictRequest(signature_name, has_instances, document["instances" if has_instances else "inputs"])
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        problem, index = _NUMBER_TOO_BIG, _LONG_INTEGER.search(text).start()
+    else:
+        lone = _lone_high_surrogate(text)
+        if lone is None:
+            return document
+        problem, index = _SURROGATE_INVALID, lone
+    offset = start + len(text[:index].encode("utf-8", "surrogateescape"))
+    raise ServingError(f"JSON Parse error: {problem} at offset: {offset}")
+
+
+# RapidJSON 1.1.0's GetParseError_En texts (include/rapidjson/error/en.h), the version TF Serving builds with.
+_DOCUMENT_EMPTY = "The document is empty."
+_ROOT_NOT_SINGULAR = "The document root must not be followed by other values."
+_VALUE_INVALID = "Invalid value."
+_OBJECT_MISS_NAME = "Missing a name for object member."
+_OBJECT_MISS_COLON = "Missing a colon after a name of object member."
+_OBJECT_MISS_COMMA = "Missing a comma or '}' after an object member."
+_ARRAY_MISS_COMMA = "Missing a comma or ']' after an array element."
+_INVALID_HEX = "Incorrect hex digit after \\u escape in string."
+_SURROGATE_INVALID = "The surrogate pair in string is invalid."
+_ESCAPE_INVALID = "Invalid escape character in string."
+_MISS_QUOTATION_MARK = "Missing a closing quotation mark in string."
+_NUMBER_TOO_BIG = "Number too big to be stored in double."
+_MISS_FRACTION = "Miss fraction part in number."
+_MISS_EXPONENT = "Miss exponent in number."
+
+_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}")
+_LOW_SURROGATE_HEX = re.compile(r"[dD][c-fC-F][0-9a-fA-F]{2}")
+_HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+_LONE_HIGH_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+_LONG_INTEGER = re.compile(r"-?[0-9]{4301}")
+_BRACKET_OR_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _rapidjson_error(text, message, pos):
+    """(GetParseError_En text, character index) of RapidJSON's error for Python's json error `message` at `pos`."""
+    if message == "Expecting value":
+        if pos == len(text) and not text.strip(_JSON_WHITESPACE):
+            return _DOCUMENT_EMPTY, pos
+        return _VALUE_INVALID, _invalid_value_end(text, pos)
+    if message.startswith("Expecting property name"):
+        return _OBJECT_MISS_NAME, pos
+    if message == "Expecting ':' delimiter":
+        return _OBJECT_MISS_COLON, pos
+    if message in ("Expecting ',' delimiter", "Extra data"):
+        number_error = _number_error(text, pos)
+        if number_error:
+            return number_error
+        if message == "Extra data":
+            return _ROOT_NOT_SINGULAR, pos
+        return (_OBJECT_MISS_COMMA if _innermost_bracket(text, pos) == "{" else _ARRAY_MISS_COMMA), pos
+    if message.startswith("Unterminated string"):
+        if _escaped(text, len(text)):  # a backslash escaping the end of the document
+            return _ESCAPE_INVALID, len(text) - 1
+        return _MISS_QUOTATION_MARK, len(text)
+    if message.startswith(("Invalid control character", "Invalid \\escape")):
+        return _ESCAPE_INVALID, pos
+    if message.startswith("Invalid \\uXXXX escape"):
+        return _unicode_escape_error(text, pos)
+    return message, pos
+
+
+def _invalid_value_end(text, pos):
+    """Where RapidJSON stops reading the invalid value at `pos`: it consumes as much of a literal as matches."""
+    first = text[pos:pos + 1]
+    if first in ("n", "t", "f"):
+        return _literal_end(text, pos, {"n": "null", "t": "true", "f": "false"}[first])
+    if first == "-":
+        pos += 1
+    end = _literal_end(text, pos, "NaN")  # kParseNanAndInfFlag: NaN, Inf, Infinity
+    if end - pos < 3:
+        inf_end = _literal_end(text, end, "Inf")
+        if inf_end - end == 3 and text[inf_end:inf_end + 1] == "i":
+            inf_end = _literal_end(text, inf_end, "inity")
+        end = inf_end
+    return end
+
+
+def _literal_end(text, pos, literal):
+    """The index after the longest prefix of `literal` found at `pos` (RapidJSON's successive Consume calls)."""
+    length = 0
+    while length < len(literal) and text[pos + length:pos + length + 1] == literal[length]:
+        length += 1
+    return pos + length
+
+
+def _number_error(text, pos):
+    """RapidJSON's error for a number Python read only in part: `1.` or `1e` not followed by a digit, else None."""
+    start = pos
+    while start > 0 and text[start - 1] in "0123456789.eE+-":
+        start -= 1
+    number = text[start:pos]
+    if not number or number[-1] not in "0123456789":
+        return None
+    if text[pos:pos + 1] == "." and not set(number) & set(".eE"):
+        return _MISS_FRACTION, pos + 1
+    if text[pos:pos + 1] in ("e", "E") and not set(number) & set("eE"):
+        return _MISS_EXPONENT, pos + 1 + (text[pos + 1:pos + 2] in ("+", "-"))
+    return None
+
+
+def _innermost_bracket(text, pos):
+    """The innermost '[' or '{' still open at `pos` (strings skipped)."""
+    stack = []
+    for match in _BRACKET_OR_STRING.finditer(text, 0, pos):
+        token = match.group()
+        if token in ("[", "{"):
+            stack.append(token)
+        elif token in ("]", "}"):
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _escaped(text, index):
+    """Whether the character at `index` follows an odd run of backslashes (it is escaped)."""
+    run = 0
+    while index - run > 0 and text[index - run - 1] == "\\":
+        run += 1
+    return run % 2 == 1
+
+
+def _unicode_escape_error(text, pos):
+    """RapidJSON's error for the \\u escape whose 'u' is at `pos`, which Python's json refused."""
+    backslash = first = pos - 1
+    if first >= 6 and _HIGH_SURROGATE.fullmatch(text, first - 6, first) and not _escaped(text, first - 6):
+        first -= 6  # the second half of a surrogate pair: RapidJSON reports the pair's first backslash
+    digits = text[pos + 1:pos + 5]
+    if not _HEX4.fullmatch(digits):
+        return _INVALID_HEX, first
+    # A complete escape that ends the document (Python needs a character after it).
+    pair_ok = first != backslash and _LOW_SURROGATE_HEX.fullmatch(digits)
+    lone_high = first == backslash and _HIGH_SURROGATE.fullmatch(text, backslash, pos + 5)
+    if (first != backslash and not pair_ok) or lone_high:
+        return _SURROGATE_INVALID, first
+    return _MISS_QUOTATION_MARK, len(text)
+
+
+def _lone_high_surrogate(text):
+    """Index of the first \\uD800-\\uDBFF escape not followed by a low-surrogate escape (RapidJSON refuses it;
+    Python's json keeps a lone surrogate), else None."""
+    for match in _LONE_HIGH_SURROGATE.finditer(text):
+        if not _escaped(text, match.start()):
+            return match.start()
+    return None
+
+
+def string_bytes(text):
+    """The bytes of a parsed JSON string as RapidJSON keeps them: undecodable body bytes as they came (Python's
+    surrogateescape), escapes as UTF-8."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # an escaped lone surrogate outside 0xDC80-0xDCFF: RapidJSON writes its 3 bytes
+        return text.encode("utf-8", "surrogatepass")
 
 
 @out_of_memory_is_429("converting the request to tensors")
@@ -125,8 +334,6 @@ def request_tensors(request, input_dtypes):
 
 
 def _row_tensors(instances, names, input_dtypes):
-    if not isinstance(instances, list) or not instances:
-        raise ServingError("Expecting 'instances' to be a non-empty list/array")
     if not _is_named_object(instances[0]):
         if len(names) != 1:
             raise ServingError("instances is a plain list, but expecting list of objects as multiple input tensors "
@@ -230,7 +437,7 @@ def _decode_strings(value):
     if isinstance(value, list):
         return [_decode_strings(item) for item in value]
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return string_bytes(value)
     if isinstance(value, dict) and set(value) == {"b64"} and isinstance(value["b64"], str):
         try:
             return base64.b64decode(value["b64"], validate=True)

@@ -45,7 +45,7 @@ def serving_error(error):
     code = ERROR_CODE_NAMES.get(error.error_code, "UNKNOWN")
     # Python's Session adds this prefix; TF Serving's C++ Session does not.
     message = error.message.removeprefix("Graph execution error:").strip() or code
-    return ServingError(message, HTTP_STATUS.get(code, 500))
+    return ServingError(message, HTTP_STATUS.get(code, 500), code)
 
 
 def _deprecation_silenced():
