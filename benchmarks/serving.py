@@ -14,8 +14,14 @@ map and size out). Cases, alternating request by request after warm-up:
 - rest: one POST /v1/models/deeplabv3:predict to `deeplab serve` (a subprocess with the same thread count)
   from a client process, reply parsed as JSON (what `TFServingClient.predict_request` does).
 
-Then the REST throughput with N concurrent clients (--concurrency): requests/s and p50/p99 latency over
---requests-per-client requests each. Peak RSS: per worker, and the server's VmHWM.
+Then the REST throughput with N concurrent clients (--concurrency), each sending its own image (client i: street
+photo i of the sample, so answers can be told apart): requests/s and p50/p99 latency over --requests-per-client
+requests each, with request batching off and on (--batching off,on: a second `deeplab serve --enable_batching` with
+the --max-batch-size / --batch-timeout-micros parameters, one batch thread). Every reply's labels are compared
+with the same image's labels from the server without batching: "answers changed" counts the replies that differ
+in any pixel. Peak RSS: per worker (read after its runs, before the label check), and
+the server's VmHWM over its whole life (model load, warm-up, every request so far; never reset): after the
+single-client runs, then after each concurrency level.
 """
 import argparse
 import base64
@@ -33,21 +39,22 @@ import time
 import numpy as np
 
 from harness import (REPO_ROOT, Worker, add_run_arguments, case_statistics, emit, log, machine_info, markdown_table,
-                     pair_statistics, peak_rss_mb, reset_peak_rss, run_cases, thread_environment, use_device)
+                     pair_statistics, peak_rss_mb, run_cases, thread_environment, use_device)
 
 MODEL_NAME = "deeplabv3"
 SIGNATURE = "serving_default"
 
 
-def request_jpeg(path, size, quality=90):
-    """A `size` x `size` JPEG of a sample street photo (or of a synthetic image where the sample is missing)."""
+def request_jpeg(path, size, quality=90, index=0):
+    """A `size` x `size` JPEG of sample street photo `index` (or of a synthetic image where the sample is
+    missing)."""
     from PIL import Image
 
     samples = sorted(glob.glob(os.path.join(REPO_ROOT, "sample_data", "camvid", "train", "*.png")))
     if samples:
-        image = Image.open(samples[0]).convert("RGB").resize((size, size), Image.BILINEAR)
+        image = Image.open(samples[index % len(samples)]).convert("RGB").resize((size, size), Image.BILINEAR)
     else:
-        yy, xx = np.mgrid[0:size, 0:size]
+        yy, xx = np.mgrid[index:index + size, 0:size]
         image = Image.fromarray(np.stack([yy % 256, xx % 256, (yy + xx) % 256], -1).astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
@@ -162,27 +169,35 @@ class RestClient:
     def output(self):
         return self.labels
 
-    def concurrent(self, clients, requests_per_client):
-        """(total seconds, [latency seconds]) for `clients` threads, each with its own connection."""
+    def concurrent(self, clients, requests_per_client, jpeg_paths):
+        """(total seconds, [latency seconds], {image index: [labels digest of each reply]}) for `clients` threads,
+        each with its own connection, client i sending `jpeg_paths[i % len]`."""
+        import hashlib
+
         from keras_deeplab.serving.client import TFServingClient
 
-        latencies, lock = [], threading.Lock()
+        latencies, digests, lock = [], {}, threading.Lock()
 
-        def worker():
+        def worker(index):
+            with open(jpeg_paths[index], "rb") as f:
+                instance = {"b64": base64.b64encode(f.read()).decode("ascii")}
             with TFServingClient(self.url, MODEL_NAME, timeout=600) as client:
                 for _ in range(requests_per_client):
                     start = time.perf_counter()
-                    client.predict_request(instances=[self.instance], signature_name=SIGNATURE)
+                    reply = client.predict_request(instances=[instance], signature_name=SIGNATURE)
+                    elapsed = time.perf_counter() - start
+                    labels = np.asarray(reply["predictions"][0]["labels"], np.int32)
                     with lock:
-                        latencies.append(time.perf_counter() - start)
+                        latencies.append(elapsed)
+                        digests.setdefault(index, []).append(hashlib.sha256(labels.tobytes()).hexdigest())
 
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        threads = [threading.Thread(target=worker, args=(i % len(jpeg_paths),)) for i in range(clients)]
         start = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return time.perf_counter() - start, latencies
+        return time.perf_counter() - start, latencies, digests
 
     def close(self):
         self.client.close()
@@ -194,14 +209,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(folder, port, threads, log_path):
-    """`deeplab serve` on the exported base path; returns the process once the model is AVAILABLE."""
+def start_server(folder, port, threads, log_path, options=()):
+    """`deeplab serve` on the exported base path (with extra `options`); returns the process once the model is
+    AVAILABLE."""
     import httpx
 
     deeplab = os.path.join(os.path.dirname(sys.executable), "deeplab")
     command = [deeplab, "serve", "--model_name", MODEL_NAME, "--model_base_path", os.path.join(folder, MODEL_NAME),
                "--rest_api_port", str(port), "--tensorflow_intra_op_parallelism", str(threads),
-               "--tensorflow_inter_op_parallelism", str(threads)]
+               "--tensorflow_inter_op_parallelism", str(threads), *options]
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, **thread_environment(threads)})
@@ -221,6 +237,32 @@ def start_server(folder, port, threads, log_path):
     raise TimeoutError(f"deeplab serve did not make the model available in time; see {log_path}")
 
 
+def stop_server(server):
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def measure_concurrency(port, server, jpeg, jpegs, args):
+    """{clients: requests/s, p50/p99, server peak RSS, reply digests} for each of --concurrency, from a fresh client
+    worker."""
+    results = {}
+    client = Worker("rest_concurrent", "serving:RestClient", {"url": f"http://127.0.0.1:{port}", "jpeg_path": jpeg},
+                    args.threads)
+    try:
+        for clients in (int(c) for c in args.concurrency.split(",") if c):
+            log(f"{clients} concurrent clients x {args.requests_per_client} requests")
+            total, latencies, digests = client.call("concurrent", clients, args.requests_per_client, jpegs)
+            results[clients] = {"total_s": total, "latencies_s": latencies, "requests_per_s": len(latencies) / total,
+                                "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
+                                "server_peak_rss_mb": peak_rss_mb(server.pid), "digests": digests}
+    finally:
+        client.stop()
+    return results
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", choices=("resnet50", "resnet101"), default="resnet50")
@@ -232,6 +274,12 @@ def parse_args(argv):
     add_run_arguments(parser, repeats=5)
     parser.add_argument("--concurrency", default="1,8", help="comma-separated numbers of concurrent clients")
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--batching", default="off,on",
+                        help="concurrency runs without (off) and with (on) --enable_batching (default: %(default)s)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="batching parameter (default: %(default)s)")
+    parser.add_argument("--batch-timeout-micros", type=int, default=100000,
+                        help="batching parameter (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=8, help="distinct request images (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -268,34 +316,41 @@ def main(argv=None):
                 {"name": "rest", "factory": "serving:RestClient",
                  "kwargs": {"url": f"http://127.0.0.1:{port}", "jpeg_path": jpeg}},
             ]
-            concurrency = {}
 
             def checks(workers):
                 outputs = {w.name: w.call("output") for w in workers}
-                reset_peak_rss(server.pid)
                 return {name: int(np.sum(out != outputs["session"])) for name, out in outputs.items()}
 
-            times, metas, mismatches = run_cases(specs, args.repeats, args.warmup, args.threads, on_ready=checks)
+            times, metas, mismatches = run_cases(specs, args.repeats, args.warmup, args.threads, checks=checks)
             server_peak_single = peak_rss_mb(server.pid)
-            # Throughput with concurrent clients, measured from a fresh client worker.
-            client = Worker("rest_concurrent", "serving:RestClient",
-                            {"url": f"http://127.0.0.1:{port}", "jpeg_path": jpeg}, args.threads)
-            try:
-                for clients in (int(c) for c in args.concurrency.split(",") if c):
-                    log(f"{clients} concurrent clients x {args.requests_per_client} requests")
-                    total, latencies = client.call("concurrent", clients, args.requests_per_client)
-                    concurrency[clients] = {"total_s": total, "latencies_s": latencies,
-                                            "requests_per_s": len(latencies) / total,
-                                            "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
-                                            "server_peak_rss_mb": peak_rss_mb(server.pid)}
-            finally:
-                client.stop()
+            jpegs = [request_jpeg(os.path.join(folder, f"client{i}.jpg"), args.size, index=i)
+                     for i in range(args.images)]
+            concurrency = {}
+            modes = [mode for mode in args.batching.split(",") if mode]
+            if "off" in modes:
+                concurrency["off"] = measure_concurrency(port, server, jpeg, jpegs, args)
         finally:
-            server.terminate()
+            stop_server(server)
+        if "on" in modes:
+            parameters = os.path.join(folder, "batching.config")
+            with open(parameters, "w") as f:
+                f.write(f"max_batch_size {{ value: {args.max_batch_size} }}\n"
+                        f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
+                        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 1000 }\n")
+            port = free_port()
+            server = start_server(folder, port, args.threads, os.path.join(folder, "server_batching.log"),
+                                  ("--enable_batching", f"--batching_parameters_file={parameters}"))
             try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                concurrency["on"] = measure_concurrency(port, server, jpeg, jpegs, args)
+            finally:
+                stop_server(server)
+    reference = {index: digests[0] for result in concurrency.get("off", {}).values()
+                 for index, digests in result.pop("digests").items()}
+    for results in concurrency.values():
+        for result in results.values():
+            digests = result.pop("digests", {})
+            result["answers_changed"] = (sum(d != reference[i] for i, ds in digests.items() for d in ds)
+                                         if reference else None)
     context["load_average_at_end"] = os.getloadavg()
     report(args, context, export_meta, times, metas, mismatches, server_peak_single, concurrency)
 
@@ -320,11 +375,16 @@ def report(args, context, export_meta, times, metas, mismatches, server_peak_sin
         emit(pair)
         pairs.append(pair)
     concurrent_rows = []
-    for clients, result in concurrency.items():
-        record = {"record": "measurement", "benchmark": "serving", "case": f"rest_{clients}_clients",
-                  "clients": clients, "input_size": args.size, "threads": args.threads, **result}
-        emit(record)
-        concurrent_rows.append(record)
+    for mode, results in concurrency.items():
+        for clients, result in results.items():
+            record = {"record": "measurement", "benchmark": "serving",
+                      "case": f"rest_{clients}_clients_batching_{mode}", "clients": clients, "batching": mode,
+                      "input_size": args.size, "threads": args.threads, **result}
+            off = concurrency.get("off", {}).get(clients)
+            if mode == "on" and off:
+                record["requests_per_s_vs_off"] = result["requests_per_s"] / off["requests_per_s"]
+            emit(record)
+            concurrent_rows.append(record)
     print()
     print(f"Serving, {args.backbone} OS{args.output_stride} (atrous {args.atrous}, BN folded: {args.fold_bn}), "
           f"one {args.size}x{args.size} JPEG per request, {args.threads} threads, {context['cpu']} "
@@ -345,7 +405,9 @@ def report(args, context, export_meta, times, metas, mismatches, server_peak_sin
     if concurrent_rows:
         print()
         print(markdown_table(concurrent_rows, [
-            ("clients", "concurrent clients", None), ("requests_per_s", "req/s", "{:.3f}"),
+            ("clients", "concurrent clients", None), ("batching", "batching", None),
+            ("requests_per_s", "req/s", "{:.3f}"), ("requests_per_s_vs_off", "req/s vs off", "{:.2f}"),
+            ("answers_changed", "answers changed", None),
             ("p50_s", "p50 s", "{:.2f}"), ("p99_s", "p99 s", "{:.2f}"), ("total_s", "total s", "{:.1f}"),
             ("server_peak_rss_mb", "server peak RSS MiB", "{:.0f}")]))
 

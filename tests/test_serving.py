@@ -163,7 +163,7 @@ BAD_REQUESTS = [
     # (method, path suffix, body, status, text in the error)
     ("POST", ":predict", b"{not json", 400, "JSON Parse error"),
     ("POST", ":predict", b'{"instances": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, "JSON Parse error"),
-    ("POST", ":predict", b"[1, 2]", 400, "must be a JSON object"),
+    ("POST", ":predict", b"[1, 2]", 400, "Is not object"),  # TF Serving util/json_tensor.cc ParseJson
     ("POST", ":predict", {"instances": [1], "inputs": [1]}, 400, "only one of 'inputs' or 'instances'"),
     ("POST", ":predict", {"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances'"),
     ("POST", ":predict", {"inputs": {"images": [{"b64": "AAAA"}]}}, 400, "Missing named input: image_bytes"),
@@ -392,6 +392,8 @@ class _FakeServable:
     version = 1
     signature_defs = {}
 
+    version = 1
+
     def __init__(self, run):
         self._run = run
 
@@ -507,8 +509,10 @@ def test_serve_flags_follow_tensorflow_model_server():
             args.file_system_poll_wait_seconds, args.max_image_pixels) == ("deeplabv3", 8500, 9001, True, False,
                                                                            2.0, 1000)
     notes = compatibility_notes(args)
-    assert any("gRPC is not served" in note and "8500" in note for note in notes)
-    assert any("not batched" in note for note in notes)
+    assert not any("gRPC" in note for note in notes)  # --port serves gRPC
+    assert any("gRPC is not served" in note for note in compatibility_notes(parse_args(["--model_base_path=m",
+                                                                                       "--port=0"])))
+    assert args.batching is not None and args.batching.max_batch_size == 1000  # TF Serving's default parameters
     assert parse_args(["--model_config_file=c", "--model_config_file_poll_wait_seconds=30"]
                       ).model_config_file_poll_wait_seconds == 30
     dashed = parse_args(["--model-base-path", "m", "--rest-api-port=9003", "--enable-model-warmup=false"])
@@ -527,14 +531,14 @@ def test_serve_logs_the_flags_it_does_not_act_on(base_dir, tmp_path, monkeypatch
     from keras_deeplab.serving import server
 
     batching = tmp_path / "batching.config"
-    batching.write_text("max_batch_size { value: 8 }\n")
+    batching.write_text("max_batch_size { value: 8 }\npad_variable_length_inputs: true\n")
     started = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: started.append(kwargs))
     with caplog.at_level("WARNING", logger="keras_deeplab.serving"):
-        assert server.main(["--model_base_path", str(base_dir), "--port", "8500", "--enable_batching",
+        assert server.main(["--model_base_path", str(base_dir), "--port", "0", "--enable_batching",
                             f"--batching_parameters_file={batching}", "--rest_api_port=9002"]) == 0
     assert started[0]["port"] == 9002
-    assert "gRPC is not served" in caplog.text and "not batched" in caplog.text
+    assert "gRPC is not served" in caplog.text and "pad_variable_length_inputs: accepted, no effect" in caplog.text
     assert "serving default at" in caplog.text
 
 

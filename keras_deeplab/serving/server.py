@@ -14,9 +14,14 @@ before any model is looked up; then an unknown model or version is 404 `Servable
 
 Flags are tensorflow_model_server's (`--flag=value` or `--flag value`; booleans also bare: `--enable_batching`),
 also accepted with dashes (`--rest-api-port`) as the other deeplab commands spell them.
-Accepted but not acted on: `--port` (gRPC is not served, only REST), `--enable_batching` and
-`--batching_parameters_file` (each request runs as its own batch; the exported signatures do batch under the real
-server).
+`--enable_batching` with `--batching_parameters_file` batches concurrent predictions across clients with TF
+Serving's semantics (serving/batching.py); `--monitoring_config_file` serves the Prometheus metrics
+(serving/metrics.py); the page at `/` tries the models in a browser (serving/page.py; `--web_page=false` turns it
+off). `--port` also serves TF Serving's gRPC API (PredictionService, ModelService.GetModelStatus:
+serving/grpc_server.py) through the same PredictionService core, on --rest_api_host; `--grpc_channel_arguments`
+(e.g. `grpc.max_receive_message_length=...`) and `--grpc_max_threads` as tensorflow_model_server's. Accepted but
+not acted on: the `pad_variable_length_inputs` batching parameter (inputs of different shapes are batched
+separately instead, so that no answer changes).
 
 It needs only the SavedModel: nothing here imports the model or training code.
 """
@@ -35,10 +40,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, check_image_pixels,
-                                               error_body, parse_predict_body, predict_response, request_tensors)
+from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, error_body,
+                                               parse_predict_body, predict_response, request_tensors)
+from keras_deeplab.serving.service import PredictionService
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's
 # After the limit, at most this much more of a body is read (and dropped) so the client still gets the 413.
 _DRAIN_BYTES = 64 * 1024 * 1024
 
@@ -68,46 +75,44 @@ def _route(path, endpoint, method):
 
 
 def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=30000, num_threads=8,
-               max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-    """The ASGI app answering TF Serving's REST API for the models of a `ModelManager`.
+               max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS, web_page=True, batching=None, metrics=None,
+               metrics_path=None):
+    """The ASGI app answering TF Serving's REST API for the models of a `ModelManager` (and with `web_page`, the
+    page at `/` to try them in a browser: serving/page.py).
 
-    The manager is started (first poll, then background polling) when the app starts and stopped with it.
+    Predictions run through a `PredictionService` (`app.state.service`, which a gRPC front end may share): with
+    `batching` (BatchingOptions) they are batched across clients; with `metrics` (ServingMetrics) every request is
+    counted and `metrics_path` answers the Prometheus exposition. The manager is started (first poll, then
+    background polling) when the app starts and stopped with it.
     """
     executor = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="predict")
+    service = PredictionService(manager, batching=batching, metrics=metrics, timeout_ms=timeout_ms,
+                                max_image_pixels=max_image_pixels)
 
     def requested(request):
-        """(ManagedModel, version, label) a request names; ServingError 404 for an unknown model."""
-        version = request.path_params.get("version")
-        return manager.model(request.path_params["name"], version), version, request.path_params.get("label")
+        """(model name, version, label) a request names."""
+        return (request.path_params["name"], request.path_params.get("version"),
+                request.path_params.get("label"))
 
     async def status(request):
-        model, version, label = requested(request)
-        return _json_response(json.dumps(model.status(version, label)))
+        return _json_response(json.dumps(service.status(*requested(request), "REST")))
 
     async def metadata(request):
-        model, version, label = requested(request)
-        servable = model.acquire(version, label)
-        try:
-            return _json_response(_metadata(request.path_params["name"], servable))
-        finally:
-            servable.release()
+        name = request.path_params["name"]
+        version, signature_defs = service.metadata(*requested(request), "REST")
+        return _json_response(_metadata(name, version, signature_defs))
 
     async def predict(request):
-        model, version, label = requested(request)
+        name, version, label = requested(request)
+        model = service.require(name, version, "predict", "REST")  # an unknown model is 404 before the body is read
         body = await _read_body(request, max_body_bytes)
-        servable = model.acquire(version, label)
-        try:
-            loop = asyncio.get_running_loop()
-            text = await loop.run_in_executor(executor, _predict, servable, body, timeout_ms, max_image_pixels)
-        finally:
-            servable.release()
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(executor, _predict, service, model, name, version, label, body)
         return _json_response(text)
 
     async def unsupported(request):
-        requested(request)  # an unknown model is 404 here too
-        method = request.url.path.rsplit(":", 1)[1]
-        raise ServingError(f"{method} is not supported: the signatures of this model are predict signatures; "
-                           "use :predict")
+        api = request.url.path.rsplit(":", 1)[1]
+        service.unsupported(*requested(request), "REST", api)
 
     operations = (("", "GET", status), ("/metadata", "GET", metadata), (":predict", "POST", predict),
                   (":classify", "POST", unsupported), (":regress", "POST", unsupported))
@@ -142,12 +147,24 @@ def create_app(manager, *, max_body_bytes=DEFAULT_MAX_BODY_BYTES, timeout_ms=300
             yield
         finally:
             manager.stop()
+            service.close()
             executor.shutdown(wait=False, cancel_futures=True)
 
+    if web_page:
+        from keras_deeplab.serving.page import page_routes
+
+        routes += page_routes(manager)
+    if metrics is not None:
+        async def prometheus(request):
+            body, content_type = metrics.exposition()
+            return Response(body, media_type=content_type)
+
+        routes.append(_route(metrics_path or DEFAULT_METRICS_PATH, prometheus, "GET"))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         ServingError: serving_error, 404: not_routed, 405: not_routed, ClientDisconnect: client_disconnected,
         MemoryError: out_of_memory, Exception: internal_error})
     app.router.redirect_slashes = False  # TF Serving answers a path with a trailing slash as malformed, not 307
+    app.state.service = service
     return app
 
 
@@ -169,26 +186,28 @@ async def _read_body(request, max_body_bytes):
     return b"".join(chunks)
 
 
-def _predict(servable, body, timeout_ms, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
-    """Parses a predict body, runs the signature and returns the response JSON text (in a worker thread).
+def _predict(service, model, name, version, label, body):
+    """Parses a predict body, runs it through the service and returns the response JSON text (in a worker
+    thread)."""
+    request = None
 
-    Encoded images whose headers declare more than `max_image_pixels` pixels are refused (400) before the graph
-    decodes them."""
-    request = parse_predict_body(body)
-    inputs = request_tensors(request, servable.input_dtypes(request.signature_name))
-    check_image_pixels(inputs, max_image_pixels)
-    outputs = servable.run(request.signature_name, inputs, timeout_ms=timeout_ms)
+    def parse(servable):
+        nonlocal request
+        request = parse_predict_body(body)
+        return request.signature_name, request_tensors(request, servable.input_dtypes(request.signature_name))
+
+    _, _, outputs = service.predict(name, version, label, "REST", parse, model)
     return predict_response(outputs, request.row_format)
 
 
-def _metadata(name, servable):
+def _metadata(name, version, signature_defs):
     """TF Serving's metadata body: the model spec and every SignatureDef as JSON."""
     from google.protobuf import json_format
 
     signatures = {key: json_format.MessageToDict(sig, preserving_proto_field_name=True,
                                                  always_print_fields_with_no_presence=True)
-                  for key, sig in servable.signature_defs.items()}
-    return json.dumps({"model_spec": {"name": name, "signature_name": "", "version": str(servable.version)},
+                  for key, sig in signature_defs.items()}
+    return json.dumps({"model_spec": {"name": name, "signature_name": "", "version": str(version)},
                        "metadata": {"signature_def": {"signature_def": signatures}}})
 
 
@@ -220,9 +239,9 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog="deeplab serve",
         description="Serve SavedModels over TensorFlow Serving's REST API (same flags as tensorflow_model_server; "
-                    "--flag=value or --flag value; booleans may be bare). Differences: only the REST API is "
-                    "served (--port, the gRPC port, is accepted and ignored); --rest_api_port defaults to 8501 "
-                    "(tensorflow_model_server's 0 disables REST); requests are not batched across clients.",
+                    "--flag=value or --flag value; booleans may be bare). Differences: gRPC is served only when --port "
+                    "is given (tensorflow_model_server's default is 8500); --rest_api_port defaults to 8501 "
+                    "(tensorflow_model_server's 0 disables REST).",
         epilog="The same folder with TensorFlow Serving: docker run --rm -p 8501:8501 "
                "-v \"$PWD/saved_models/deeplabv3:/models/deeplabv3\" -e MODEL_NAME=deeplabv3 tensorflow/serving "
                "(the Docker image passes --model_name=$MODEL_NAME, default 'model')")
@@ -235,8 +254,15 @@ def _parser():
                         help="re-read --model_config_file this often (models added, removed or changed); 0: read "
                              "it only at start (default: %(default)s)")
     parser.add_argument(*_flag("--port"), type=int, default=None,
-                        help="tensorflow_model_server's gRPC port (8500 there): accepted for compatibility, but "
-                             "gRPC is not served; use the REST API")
+                        help="serve TF Serving's gRPC API (PredictionService: Predict, GetModelMetadata; "
+                             "ModelService: GetModelStatus) on this port, on --rest_api_host (default: none; "
+                             "tensorflow_model_server's is 8500)")
+    parser.add_argument(*_flag("--grpc_max_threads"), type=int, default=None,
+                        help="threads answering gRPC requests (default: 4 per CPU core, as tensorflow_model_server)")
+    parser.add_argument(*_flag("--grpc_channel_arguments"), default="",
+                        help="comma-separated key=value gRPC server arguments, as tensorflow_model_server's, e.g. "
+                             "grpc.max_receive_message_length=4194304,grpc.max_send_message_length=4194304 (both "
+                             "2**31 - 1 bytes by default, as there; a larger message gets RESOURCE_EXHAUSTED)")
     parser.add_argument(*_flag("--rest_api_port"), type=int, default=8501, help="HTTP port (default: %(default)s)")
     parser.add_argument(*_flag("--rest_api_host"), default="127.0.0.1",
                         help="address to bind (default: %(default)s; 0.0.0.0 to accept other machines)")
@@ -255,11 +281,23 @@ def _parser():
                              "decompression-bomb limit (twice PIL.Image.MAX_IMAGE_PIXELS) also applies unless 0")
     _add_bool(parser, "--enable_model_warmup", True,
               "replay assets.extra/tf_serving_warmup_requests when loading")
+    _add_bool(parser, "--web_page", True, "serve the page at / to try the models in a browser (not a "
+              "tensorflow_model_server flag)")
     _add_bool(parser, "--enable_batching", False,
-              "accepted for compatibility: requests are not batched across clients here (each runs as its own "
-              "batch)")
+              "batch concurrent predictions of a signature into one Session run and split the results back "
+              "(serving/batching.py); tasks whose inputs or image sizes differ are never padded together, so "
+              "every answer is the one the request gets alone")
     parser.add_argument(*_flag("--batching_parameters_file"),
-                        help="accepted for compatibility (must exist); not used, as --enable_batching")
+                        help="a text-format BatchingParameters file (max_batch_size, batch_timeout_micros, "
+                             "max_enqueued_batches, num_batch_threads, allowed_batch_sizes; "
+                             "pad_variable_length_inputs is accepted and has no effect), used with "
+                             "--enable_batching; default: TF Serving's defaults (max_batch_size 1000, timeout 0, "
+                             "10 enqueued batches, one batch thread per core)")
+    parser.add_argument(*_flag("--monitoring_config_file"),
+                        help="a text-format MonitoringConfig file; with prometheus_config { enable: true } the "
+                             "Prometheus metrics (requests by model, version, signature, API and status, "
+                             "latencies, batch sizes) are served on the REST port at its path (default "
+                             f"{DEFAULT_METRICS_PATH})")
     parser.add_argument(*_flag("--tensorflow_intra_op_parallelism"), type=int, default=0,
                         help="threads inside one op (0: TensorFlow's choice)")
     parser.add_argument(*_flag("--tensorflow_inter_op_parallelism"), type=int, default=0,
@@ -278,18 +316,41 @@ def parse_args(argv=None):
         raise SystemExit("deeplab serve: --max_image_pixels must be 0 (no limit) or positive")
     if args.batching_parameters_file and not os.path.isfile(args.batching_parameters_file):
         raise SystemExit(f"deeplab serve: --batching_parameters_file {args.batching_parameters_file} is not a file")
+    args.batching = None
+    if args.enable_batching:
+        from keras_deeplab.serving.batching import BatchingOptions, read_batching_parameters
+
+        try:
+            args.batching = (read_batching_parameters(args.batching_parameters_file)
+                             if args.batching_parameters_file else BatchingOptions())
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"deeplab serve: {error}") from None
+    args.metrics_path = None
+    if args.monitoring_config_file:
+        from keras_deeplab.serving.metrics import read_monitoring_config
+
+        try:
+            args.metrics_path = read_monitoring_config(args.monitoring_config_file)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"deeplab serve: {error}") from None
     return args
 
 
 def compatibility_notes(args):
     """Warnings for tensorflow_model_server flags that are accepted but not acted on here."""
     notes = []
-    if args.port is not None:
-        notes.append(f"--port={args.port}: gRPC is not served by deeplab serve; only the REST API on "
+    if args.port is not None and args.port <= 0:
+        notes.append(f"--port={args.port}: gRPC is not served; only the REST API on "
                      f"--rest_api_port={args.rest_api_port}")
-    if args.enable_batching or args.batching_parameters_file:
-        notes.append("--enable_batching/--batching_parameters_file: requests are not batched across clients here; "
-                     "each request runs as its own batch")
+    if args.batching_parameters_file and not args.enable_batching:
+        notes.append("--batching_parameters_file has no effect without --enable_batching (as in "
+                     "tensorflow_model_server)")
+    if args.batching is not None and args.batching.pad_variable_length_inputs:
+        notes.append("pad_variable_length_inputs: accepted, no effect: requests whose inputs differ in shape run in "
+                     "separate batches, never padded, so that no answer changes")
+    if args.monitoring_config_file and args.metrics_path is None:
+        notes.append(f"--monitoring_config_file {args.monitoring_config_file}: prometheus_config is not enabled, "
+                     "no metrics are served")
     if args.model_config_file_poll_wait_seconds > 0 and not args.model_config_file:
         notes.append("--model_config_file_poll_wait_seconds has no effect without --model_config_file")
     return notes
@@ -322,11 +383,35 @@ def main(argv=None):
     manager = ModelManager(configs, session_config, warmup=args.enable_model_warmup,
                            poll_seconds=args.file_system_poll_wait_seconds, config_reader=config_reader,
                            config_poll_seconds=args.model_config_file_poll_wait_seconds)
+    metrics = None
+    if args.metrics_path:
+        from keras_deeplab.serving.metrics import ServingMetrics
+
+        metrics = ServingMetrics()
     app = create_app(manager, max_body_bytes=args.max_body_bytes, timeout_ms=args.rest_api_timeout_in_ms,
-                     num_threads=args.rest_api_num_threads, max_image_pixels=args.max_image_pixels)
+                     num_threads=args.rest_api_num_threads, max_image_pixels=args.max_image_pixels,
+                     web_page=args.web_page, batching=args.batching, metrics=metrics, metrics_path=args.metrics_path)
     names = ", ".join(c.name for c in configs)
+    grpc_server = None
+    if args.port is not None and args.port > 0:
+        from keras_deeplab.serving.grpc_server import create_grpc_server, parse_channel_arguments
+
+        if args.port == args.rest_api_port:
+            raise SystemExit("deeplab serve: --port (gRPC) and --rest_api_port must differ")
+        try:
+            grpc_server = create_grpc_server(app.state.service, port=args.port, host=args.rest_api_host,
+                                             num_threads=args.grpc_max_threads,
+                                             channel_arguments=parse_channel_arguments(args.grpc_channel_arguments))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"deeplab serve: {error}") from None
+        grpc_server.start()
+        log.warning("serving %s over gRPC at %s:%d", names, args.rest_api_host, args.port)
     log.warning("serving %s at http://%s:%d/v1/models/", names, args.rest_api_host, args.rest_api_port)
-    uvicorn.run(app, host=args.rest_api_host, port=args.rest_api_port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=args.rest_api_host, port=args.rest_api_port, log_level="warning", access_log=False)
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=None)
     return 0
 
 
