@@ -646,19 +646,28 @@ def test_image_dimensions_read_from_headers():
 
 
 def test_serving_package_needs_only_the_savedmodel():
-    """serving/ imports no model, layers, training or export code, and the client (with the serving modules it
-    imports: the contract, the image codec) nothing but httpx, numpy, Pillow and the standard library."""
-    folder = Path(keras_deeplab.serving.__file__).parent
-    imports = {}
-    for path in folder.glob("*.py"):
+    """serving/ imports no model, layers, training or export code (only itself and `viz`, the colormaps, which
+    imports nothing of the package), and the client (with the serving modules it imports: the contract, the image
+    codec) nothing but httpx, numpy, Pillow and the standard library."""
+    def imports_of(path):
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module == "keras_deeplab":
+                imported.update(f"keras_deeplab.{alias.name}" for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 imported.add(node.module)
+        return imported
+
+    folder = Path(keras_deeplab.serving.__file__).parent
+    assert not any(name.startswith("keras") for name in imports_of(folder.parent / "viz.py"))
+    imports = {}
+    for path in folder.glob("*.py"):
+        imported = imports_of(path)
         own = {name for name in imported if name.startswith("keras_deeplab")}
-        assert all(name.startswith("keras_deeplab.serving") for name in own), (path.name, own)
+        assert all(name.startswith("keras_deeplab.serving") or name == "keras_deeplab.viz" for name in own), (
+            path.name, own)
         assert not any(name == "keras" or name.startswith("keras.") for name in imported), path.name
         imports[path.stem] = imported
     allowed = set(sys.stdlib_module_names) | {"httpx", "numpy", "PIL"}
