@@ -2,7 +2,10 @@
 
 - `TFServingClient` (client.py): predict / status / metadata against TF Serving or `deeplab serve`; needs no TF.
 - `deeplab serve` (server.py): a local TF Serving-compatible REST server (Starlette + uvicorn) that loads versions
-  the way TF Serving does (TF1 SavedModel loader, Session, signature tensor names) and picks up new ones.
+  the way TF Serving does (TF1 SavedModel loader, Session, signature tensor names) and picks up new ones; gRPC
+  on `--port` (grpc_server.py); both through service.py's PredictionService, with request batching across clients
+  (batching.py) and Prometheus metrics (metrics.py; text-format configs: text_protos.py); a page at `/` to try
+  the models in a browser (page.py, page/).
 - contract.py: the export's signatures, tensor names and shapes, label padding, version folders and atomic writes;
   images.py: encoded images (encode, decode, sizes from headers) with Pillow.
 - json_tensor.py: TF Serving's JSON <-> tensor rules; model_config.py: models.config files.
