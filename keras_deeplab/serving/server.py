@@ -256,7 +256,7 @@ def _parser():
     parser.add_argument(*_flag("--port"), type=int, default=None,
                         help="serve TF Serving's gRPC API (PredictionService: Predict, GetModelMetadata; "
                              "ModelService: GetModelStatus) on this port, on --rest_api_host (default: none; "
-                             "tensorflow_model_server's is 8500)")
+                             "tensorflow_model_server's is 8500; 0 or less: no gRPC, as there)")
     parser.add_argument(*_flag("--grpc_max_threads"), type=int, default=None,
                         help="threads answering gRPC requests (default: 4 per CPU core, as tensorflow_model_server)")
     parser.add_argument(*_flag("--grpc_channel_arguments"), default="",
@@ -266,8 +266,9 @@ def _parser():
     parser.add_argument(*_flag("--rest_api_port"), type=int, default=8501, help="HTTP port (default: %(default)s)")
     parser.add_argument(*_flag("--rest_api_host"), default="127.0.0.1",
                         help="address to bind (default: %(default)s; 0.0.0.0 to accept other machines)")
-    parser.add_argument(*_flag("--rest_api_num_threads"), type=int, default=max(4, 2 * (os.cpu_count() or 1)),
-                        help="threads running predictions (default: %(default)s)")
+    parser.add_argument(*_flag("--rest_api_num_threads"), type=int, default=4 * (os.cpu_count() or 1),
+                        help="threads answering REST predictions, so at most this many are in flight, batched or "
+                             "not (default: %(default)s, 4 per CPU core, as tensorflow_model_server)")
     parser.add_argument(*_flag("--rest_api_timeout_in_ms"), type=int, default=30000,
                         help="deadline of one prediction, 504 past it (default: %(default)s)")
     parser.add_argument(*_flag("--file_system_poll_wait_seconds"), type=float, default=1.0,
