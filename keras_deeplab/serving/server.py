@@ -42,10 +42,10 @@ from starlette.routing import Route
 
 from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, error_body,
                                                parse_predict_body, predict_response, request_tensors)
+from keras_deeplab.serving.metrics import DEFAULT_METRICS_PATH
 from keras_deeplab.serving.service import PredictionService
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-DEFAULT_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's
 # After the limit, at most this much more of a body is read (and dropped) so the client still gets the 413.
 _DRAIN_BYTES = 64 * 1024 * 1024
 
