@@ -75,7 +75,8 @@ def _folded_aspp(aspp):
 def fold_batch_norm(model):
     """An inference-only copy of a functional `model` with every BatchNorm that directly follows a convolution
     (top level and inside ASPP) folded into it; the folded BN becomes a FoldedBatchNorm. Exact up to float rounding.
-    The copy shares the other layers (and their weights) with `model`."""
+    The copy shares no layer with `model` (the other layers are copied with their weights): a shared layer would
+    keep the whole original graph, and so every unfolded weight, alive as long as the copy (benchmarks/memory.md)."""
     pairs = foldable_pairs(model)
     bn_of_conv = {conv.name: model.get_layer(bn_name) for bn_name, conv in pairs.items()}
 
@@ -86,9 +87,12 @@ def fold_batch_norm(model):
             return _biased(layer)
         if isinstance(layer, ASPP) and layer.batch_norm:
             return _folded_aspp(layer)
-        return layer
+        return layer.__class__.from_config(layer.get_config())
 
     folded = keras.models.clone_model(model, clone_function=clone)
-    for name, bn in bn_of_conv.items():
-        folded.get_layer(name).set_weights(folded_weights(model.get_layer(name), bn))
+    for layer in model.layers:  # one layer at a time: no second copy of all weights in NumPy
+        if layer.name in pairs or (isinstance(layer, ASPP) and layer.batch_norm) or not layer.weights:
+            continue  # folded into its convolution, set by _folded_aspp, or nothing to copy
+        weights = folded_weights(layer, bn_of_conv[layer.name]) if layer.name in bn_of_conv else layer.get_weights()
+        folded.get_layer(layer.name).set_weights(weights)
     return folded

@@ -1,5 +1,8 @@
 """BatchNorm folding (`keras_deeplab.fold`): the folded inference model computes what the original computes in
 inference mode, and no BatchNorm is left in it."""
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -38,6 +41,22 @@ def test_folded_model_equals_the_original_in_inference(config):
     for key in want:
         want_k, got_k = np.asarray(want[key]), np.asarray(got[key])
         np.testing.assert_allclose(got_k, want_k, atol=1e-4 * np.abs(want_k).max(), rtol=1e-4)
+
+
+def test_folded_model_keeps_no_part_of_the_original_alive():
+    """No layer or weight of the original in the copy: once the original is dropped, its weights can be freed."""
+    model = randomize_weights(DeepLabV3(5, backbone="resnet50_v1.5", output_stride=8, aspp_filters=16,
+                                        head_conv=True))
+    images = random_images(1, 33, 33)
+    want = np.asarray(model(images, training=False))
+    folded = fold_batch_norm(model)
+    assert not {id(layer) for layer in model.layers} & {id(layer) for layer in folded.layers}
+    assert not {id(weight) for weight in model.weights} & {id(weight) for weight in folded.weights}
+    original_weights = [weakref.ref(layer) for layer in model.layers if layer.weights]
+    del model
+    gc.collect()
+    assert [ref for ref in original_weights if ref() is not None] == []
+    np.testing.assert_allclose(folded(images, training=False), want, atol=1e-4 * np.abs(want).max(), rtol=1e-4)
 
 
 def test_folded_weights_of_a_depthwise_conv_scale_each_output_channel():

@@ -104,6 +104,64 @@ def test_shifted_conv_column_trimmed_taps_equal_keras():
                                       (3, 3, 5, 4), (4, 4), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("run", [lambda f: f, tf.function], ids=["eager", "graph"])
+@pytest.mark.parametrize("trim_ratio", [0, 64])
+def test_shifted_conv_of_one_image_equals_keras(run, trim_ratio):
+    """Batch 1 slices the input rows as the leading axis of a [rows, row] view: the same outputs and gradients,
+    with and without the column-trimmed taps."""
+    conv = functools.partial(shifted_conv, column_trim_ratio=trim_ratio)
+    assert_same_outputs_and_gradients(run(conv), (1, 11, 13, 5), (3, 3, 5, 4), (4, 4), atol=1e-4, rtol=1e-5)
+
+
+def graph_of(layer, shape):
+    """The graph of `layer` traced for inputs of `shape`."""
+    layer.build((None, None, None, shape[-1]))
+    return tf.function(layer).get_concrete_function(tf.TensorSpec(shape)).graph
+
+
+def downstream(graph, sources):
+    """Names of the ops of `graph` computed from an op in `sources` (names), through data or control edges."""
+    reached = set(sources)
+    for op in graph.get_operations():  # in creation order, which is topological
+        if any(t.op.name in reached for t in op.inputs) or any(c.name in reached for c in op.control_inputs):
+            reached.add(op.name)
+    return reached
+
+
+def ops_on_weights_alone(graph):
+    """Types of the ops of a traced layer computed from its weights and nothing of its input (besides the reads):
+    TF's executor runs these first, and their results then wait for the layer."""
+    from_input = downstream(graph, {graph.inputs[0].op.name})
+    reads = {op.name for op in graph.get_operations() if op.type == "ReadVariableOp"}
+    return {graph.get_operation_by_name(name).type for name in downstream(graph, reads) - from_input - reads}
+
+
+@pytest.mark.parametrize("layer", [
+    AtrousConv2D(WINOGRAD_MIN_CHANNELS, 3, dilation_rate=2, implementation="winograd"),
+    AtrousConv2D(8, 3, dilation_rate=6, implementation="shifted"),
+    Conv2D(Conv2D.MAX_OUTPUT_CHANNELS + 8, 1),
+], ids=["winograd", "shifted", "split"])
+def test_kernel_work_waits_for_the_input(layer):
+    """Winograd's kernel transform, the shifted form's tap groups and a split kernel's parts run after the input
+    exists, not all at the start of a graph (where they would stay alive until their layers run)."""
+    graph = graph_of(layer, [1, 17, 17, 8])
+    assert ops_on_weights_alone(graph) == set()
+
+
+def test_shifted_conv_copies_input_columns_one_after_another():
+    """Each copy of input columns for a column-trimmed tap is made after the previous tap's GEMM: in a graph, no
+    two of them are ready at once."""
+    x = tf.TensorSpec([2, 11, 13, 5])
+    kernel = tf.constant(RNG.normal(size=(3, 3, 5, 4)).astype("float32"))
+    graph = tf.function(lambda x: shifted_conv(x, kernel, (4, 4), column_trim_ratio=0)).get_concrete_function(
+        x).graph
+    copies = [op for op in graph.get_operations() if op.type == "Slice" and op.inputs[0].shape[2] == 13
+              and op.outputs[0].shape[2] < 13]
+    assert len(copies) == 6  # 3 kernel rows x 2 trimmed taps
+    for previous, copy in zip(copies, copies[1:]):
+        assert copy.name in downstream(graph, {previous.name})
+
+
 @pytest.mark.parametrize("requested,kernel_size,rate,channels,dtype,size,expected", [
     ("auto", 3, 1, (4, 4), "float32", 9, "native"),
     ("auto", 3, NATIVE_MAX_RATE, (4, 4), "float32", 9, "native"),

@@ -3,6 +3,7 @@ by `choose_implementation`."""
 import keras
 from keras import ops
 
+from keras_deeplab.layers.ordering import after
 from keras_deeplab.layers.registration import PACKAGE
 from keras_deeplab.layers.shifted import shifted_conv
 from keras_deeplab.layers.winograd import WINOGRAD_OUTPUTS, winograd_conv
@@ -44,6 +45,13 @@ def _add_bias(x, bias):
     return x + bias
 
 
+def weight_when_needed(weight, inputs):
+    """`weight` (a variable) read once `inputs` is computed. Ops on weights only (Winograd's kernel transform, the
+    shifted form's tap groups, a split kernel's parts) are otherwise ready when a graph starts and run first,
+    and their results then all stay alive until their layers run (Winograd's is 4x the kernel)."""
+    return after(inputs, ops.convert_to_tensor(weight))
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` that computes more than MAX_OUTPUT_CHANNELS output channels in parts of at most that
@@ -63,10 +71,12 @@ class Conv2D(keras.layers.Conv2D):
         parts = -(-self.filters // limit)
         size = -(-self.filters // parts)
         bounds = list(range(size, self.filters, size))
-        outputs = [self.convolution_op(inputs, kernel) for kernel in ops.split(self.kernel, bounds, axis=-1)]
+        kernels = ops.split(weight_when_needed(self.kernel, inputs), bounds, axis=-1)
+        outputs = [self.convolution_op(inputs, kernel) for kernel in kernels]
         if self.use_bias:
             # per part, before the concat: TF's grappler fuses Conv2D + BiasAdd (not + AddV2) into one kernel
-            outputs = [_add_bias(part, bias) for part, bias in zip(outputs, ops.split(self.bias, bounds))]
+            biases = ops.split(weight_when_needed(self.bias, inputs), bounds)
+            outputs = [_add_bias(part, bias) for part, bias in zip(outputs, biases)]
         outputs = ops.concatenate(outputs, axis=-1)
         return outputs if self.activation is None else self.activation(outputs)
 
@@ -99,7 +109,7 @@ class AtrousConv2D(keras.layers.Conv2D):
         if implementation == "native":
             return super().call(inputs)
         convolution = winograd_conv if implementation == "winograd" else shifted_conv
-        outputs = convolution(inputs, ops.convert_to_tensor(self.kernel), self.dilation_rate)
+        outputs = convolution(inputs, weight_when_needed(self.kernel, inputs), self.dilation_rate)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:

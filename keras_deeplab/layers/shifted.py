@@ -8,6 +8,7 @@ and whole taps whose shift is at least the feature size (paper, Figure 4), are s
 """
 from keras import ops
 
+from keras_deeplab.layers.ordering import after, run_after
 from keras_deeplab.layers.preprocessing import spatial_size
 
 # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
@@ -30,6 +31,11 @@ def _inside(x, axis, shift, static_size, size):
     """
     if static_size is not None:
         start, length = max(0, shift), static_size - abs(shift)
+        if axis == 1 and x.shape[0] == 1 and None not in x.shape:
+            # One image's rows are one block of memory: sliced along the leading axis of a [rows, row] view,
+            # TF's Slice returns that block without copying (ASPP's input: 2048 channels, two row slices per rate).
+            rows = ops.reshape(x, (x.shape[1], -1))
+            return ops.reshape(ops.slice(rows, [start, 0], [length, rows.shape[1]]), (1, length) + x.shape[2:])
     else:  # |shift| >= size leaves nothing
         start, length = ops.minimum(max(0, shift), size), ops.maximum(size - abs(shift), 0)
     shape = ops.shape(x)
@@ -65,12 +71,16 @@ def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
     # Unstacked, not indexed: the gradient is one Pack instead of a kernel-sized StridedSliceGrad per tap.
     taps = [ops.unstack(row, axis=0) for row in ops.unstack(kernel, axis=0)]
     outputs = None
+    # The latest GEMM: each use of the input (a copy of rows or columns, a GEMM) comes after it, so that a layer has
+    # one copy alive at a time (in a TF graph they are otherwise all made at once when the input is ready: 160 MB in
+    # ASPP at 513x513).
+    last = None
     for i, dy in tap_offsets(kh, rh, static_h):
         # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
-        block = inputs if dy == 0 else _inside(inputs, 1, dy, static_h, height)
+        block = run_after(last, _inside, inputs, 1, dy, static_h, height) if dy else after(last, inputs)
         row_sum = None
         if grouped:
-            products = ops.matmul(block, ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
+            products = last = ops.matmul(block, ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
             # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
             parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
             for part, (_, dx) in zip(parts, grouped):
@@ -78,7 +88,7 @@ def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
                     part = _shift_back(_inside(part, 2, dx, static_w, width), 2, dx, static_w, width)
                 row_sum = part if row_sum is None else row_sum + part
         for j, dx in trimmed:
-            part = ops.matmul(_inside(block, 2, dx, static_w, width), taps[i][j])
+            part = last = ops.matmul(run_after(last, _inside, block, 2, dx, static_w, width), taps[i][j])
             part = _shift_back(part, 2, dx, static_w, width)
             row_sum = part if row_sum is None else row_sum + part
         if dy:
