@@ -20,9 +20,14 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
+def image_shape(size):
+    """(H, W) of a `size`: a side (square) or an (H, W) pair."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def random_images(batch, size, seed=0):
-    """float32 RGB images [N, H, W, 3] in [0, 255]."""
-    return np.random.default_rng(seed).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+    """float32 RGB images [N, H, W, 3] in [0, 255]; `size` a side or (H, W)."""
+    return np.random.default_rng(seed).uniform(0, 255, (batch, *image_shape(size), 3)).astype(np.float32)
 
 
 def random_labels(batch, size, seed=1):
@@ -67,25 +72,34 @@ def _synchronize_torch(torch):
 TORCHVISION_BACKBONES = ("resnet50", "resnet101", "mobilenet_v3_large")  # torchvision's deeplabv3_<backbone>
 
 
-def torchvision_model(backbone="resnet50", seed=0):
+def torchvision_model(backbone="resnet50", seed=0, output_stride=8):
     """torchvision's deeplabv3_<backbone> (resnet50, resnet101, mobilenet_v3_large) with weights=None, 21
-    classes, no aux head, seeded init."""
+    classes, no aux head, seeded init. `output_stride` 16 (ResNets): torchvision's classes wired as ours at OS16,
+    only the last stage dilated and the ASPP rates halved (6, 12, 18); the state dict is the same."""
     torch = _torch()
-    from torchvision.models import segmentation
+    from torchvision.models import resnet, segmentation
 
     if backbone not in TORCHVISION_BACKBONES:
         raise ValueError(f"no torchvision DeepLabV3 for backbone {backbone!r}; expected one of {TORCHVISION_BACKBONES}")
     torch.manual_seed(seed)
-    factory = getattr(segmentation, f"deeplabv3_{backbone}")
-    return factory(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
+    if output_stride == 8:
+        factory = getattr(segmentation, f"deeplabv3_{backbone}")
+        return factory(weights=None, weights_backbone=None, num_classes=NUM_CLASSES, aux_loss=False)
+    if output_stride != 16 or not backbone.startswith("resnet"):
+        raise ValueError(f"torchvision's {backbone} here has output stride 8 or (ResNets) 16, not {output_stride}")
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+
+    body = getattr(resnet, backbone)(weights=None, replace_stride_with_dilation=[False, False, True])
+    return DeepLabV3(IntermediateLayerGetter(body, {"layer4": "out"}), DeepLabHead(2048, NUM_CLASSES, (6, 12, 18)))
 
 
-def torchvision_on_device(backbone, seed, training, channels_last):
+def torchvision_on_device(backbone, seed, training, channels_last, output_stride=8):
     """(torch, device, `torchvision_model` in training or eval mode on the measured device, channels-last if
     asked)."""
     torch = _torch()
     device = _torch_device()
-    model = torchvision_model(backbone, seed).train(training).to(device)
+    model = torchvision_model(backbone, seed, output_stride).train(training).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return torch, device, model
@@ -101,8 +115,8 @@ class TorchInference:
     """Eval-mode forward of torchvision's DeepLabV3 on [0, 255] RGB images (normalisation included, as our
     model does it inside), under `torch.inference_mode`."""
 
-    def __init__(self, backbone="resnet50", batch=1, size=513, channels_last=False, seed=0):
-        torch, device, self.model = torchvision_on_device(backbone, seed, False, channels_last)
+    def __init__(self, backbone="resnet50", batch=1, size=513, channels_last=False, seed=0, output_stride=8):
+        torch, device, self.model = torchvision_on_device(backbone, seed, False, channels_last, output_stride)
         self.torch = torch
         self.channels_last = channels_last
         self.pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2).contiguous().to(device)
@@ -161,8 +175,8 @@ class TorchTrainStep:
     """One SGD step of torchvision's DeepLabV3 (train mode, BN in batch statistics) with cross-entropy ignoring
     255, momentum 0.9 and weight decay 1e-4: the paper's loss and optimizer as a torch user writes them."""
 
-    def __init__(self, backbone="resnet50", batch=2, size=321, channels_last=False, seed=0):
-        torch, device, self.model = torchvision_on_device(backbone, seed, True, channels_last)
+    def __init__(self, backbone="resnet50", batch=2, size=321, channels_last=False, seed=0, output_stride=8):
+        torch, device, self.model = torchvision_on_device(backbone, seed, True, channels_last, output_stride)
         self.torch = torch
         pixels = torch.from_numpy(random_images(batch, size)).permute(0, 3, 1, 2)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -5,7 +5,9 @@ only meaningful per process. A case is a factory `"module:function"` (imported i
 environment is set) returning an object with `run()` (one measured iteration) and optionally `meta` (a dict
 merged into the result) and extra methods the driver may `call`. The driver warms every case up, then runs
 the cases round-robin (A, B, A, B, ...) so that machine drift and contention from other processes hit every
-case alike; ratios are computed per round from the adjacent runs.
+case alike; ratios are computed per round from the adjacent runs. A case's peak RSS is its worker's VmHWM over
+its whole life, read right after its runs and before any check (MAC count, output comparison) the driver asks of
+it: what a process that only builds and runs the case pays.
 
 A case may run under another Python interpreter than the driver's (a spec's "python", e.g. a virtual environment
 with torch where the driver's has TF only): its worker is then this file run as a script by that interpreter,
@@ -92,16 +94,6 @@ def current_rss_mb(pid="self"):
     return _status_mb("VmRSS", pid)
 
 
-def reset_peak_rss(pid="self"):
-    """Resets a process's VmHWM to its current RSS (Linux >= 4.0), so the peak covers what follows only."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def add_run_arguments(parser, *, repeats, threads=None):
     """The options of a driver that alternates cases in workers: --threads (default: every core), --repeats,
     --warmup and --device."""
@@ -123,6 +115,14 @@ def add_suite_arguments(parser, *, our_variants, paper_models, ours, peers, pape
                         help=f"peer suite: comma-separated peer variants, from {sorted(PEER_VARIANTS)}")
     parser.add_argument("--paper-models", default=paper_default,
                         help=f"paper suite: comma-separated models, from {sorted(paper_models)}")
+    add_torch_python_argument(parser)
+
+
+def add_torch_python_argument(parser):
+    """--torch-python: the interpreter of the torch workers (default: the driver's)."""
+    parser.add_argument("--torch-python", default=sys.executable,
+                        help="Python interpreter with torch, torchvision and NumPy for the peer's workers "
+                             "(e.g. /tmp/torchenv/bin/python)")
 
 
 def tensorflow_in_process(threads):
@@ -166,8 +166,6 @@ def _worker_main(conn, factory_spec, kwargs, env):
                 conn.send(("ok", getattr(case, name)(*call_args)))
             elif command == "peak_rss":
                 conn.send(("ok", peak_rss_mb()))
-            elif command == "reset_peak_rss":
-                conn.send(("ok", reset_peak_rss()))
             elif command == "stop":
                 close = getattr(case, "close", None)
                 if close:
@@ -196,6 +194,14 @@ class _InterpreterProcess:
         except subprocess.TimeoutExpired:
             pass
 
+    @property
+    def pid(self):
+        return self.popen.pid
+
+    @property
+    def exitcode(self):
+        return self.popen.poll()
+
     def is_alive(self):
         return self.popen.poll() is None
 
@@ -204,12 +210,25 @@ class _InterpreterProcess:
         self.popen.wait()
 
 
+class CaseLimitExceeded(Exception):
+    """A worker went past its time limit or its resident-memory limit and was killed; `status` says which."""
+
+    def __init__(self, status, detail):
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+
+
 class Worker:
     """A case in its own (spawned) process; with `python`, in a process of that interpreter instead of the
-    driver's (which then needs only the standard library and what the case imports)."""
+    driver's (which then needs only the standard library and what the case imports). `time_limit_s` (the whole
+    life of the worker) and `rss_limit_mb` (its resident memory, checked every 0.2 s): past either, the worker is
+    killed and `CaseLimitExceeded` raised."""
 
-    def __init__(self, name, factory_spec, kwargs=None, threads=2, env=None, python=None):
+    def __init__(self, name, factory_spec, kwargs=None, threads=2, env=None, python=None, time_limit_s=None,
+                 rss_limit_mb=None):
         self.name = name
+        self.deadline = time.monotonic() + (time_limit_s or 3600 * 24)
+        self.rss_limit_mb = rss_limit_mb
         worker_args = (factory_spec, kwargs or {}, {**thread_environment(threads), **(env or {})})
         if python is None:
             context = multiprocessing.get_context("spawn")
@@ -224,12 +243,25 @@ class Worker:
         self.meta = self._receive()
 
     def _receive(self):
-        if not self.conn.poll(3600):
-            raise TimeoutError(f"worker {self.name} did not answer")
-        status, value = self.conn.recv()
+        while not self.conn.poll(0.2):
+            rss = current_rss_mb(self.process.pid)
+            if self.rss_limit_mb and rss and rss > self.rss_limit_mb:
+                self.process.kill()
+                raise CaseLimitExceeded("out of memory", f"RSS {rss:.0f} MiB > limit {self.rss_limit_mb:.0f} MiB")
+            if time.monotonic() > self.deadline:
+                self.process.kill()
+                raise CaseLimitExceeded("past the time limit", f"{self.name} killed")
+        try:
+            status, value = self.conn.recv()
+        except EOFError:  # the worker died without a word, e.g. killed by the kernel's OOM killer
+            raise RuntimeError(f"worker {self.name} died (exit status {self._exit_status()})") from None
         if status == "error":
             raise RuntimeError(f"worker {self.name} failed:\n{value}")
         return value
+
+    def _exit_status(self):
+        self.process.join(5)
+        return self.process.exitcode
 
     def request(self, command, args=None):
         self.conn.send((command, args))
@@ -245,20 +277,21 @@ class Worker:
     def stop(self):
         try:
             self.request("stop")
-        except (RuntimeError, EOFError, BrokenPipeError, TimeoutError):
+        except (RuntimeError, EOFError, BrokenPipeError, CaseLimitExceeded):
             pass
         self.process.join(30)
         if self.process.is_alive():
             self.process.kill()
 
 
-def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, one_at_a_time=False):
+def run_cases(specs, repeats, warmup, threads, after_start=None, checks=None, one_at_a_time=False):
     """Starts one worker per spec ({"name", "factory", "kwargs", "env", "python"}) in order, calling
-    `after_start(spec, worker)` after each start and `on_ready(workers)` once all run (checks); then
-    alternates them (see `run_alternating`) and stops them. `one_at_a_time`: for cases that do not fit in
-    memory together, each case runs alone (start, warm-up, runs, stop), one after another; no `on_ready`.
+    `after_start(spec, worker)` after each start; alternates them (see `run_alternating`), reads each worker's
+    peak RSS, and only then calls `checks(workers)` (MAC counts, output comparisons: whatever memory they take
+    stays out of the peak); then stops them. `one_at_a_time`: for cases that do not fit in memory together, each
+    case runs alone (start, warm-up, runs, stop), one after another; no `checks`.
 
-    Returns (times, metas with "peak_rss_mb", whatever `on_ready` returned).
+    Returns (times, metas with "peak_rss_mb", whatever `checks` returned).
     """
     if one_at_a_time:
         times, metas = {}, {}
@@ -275,20 +308,40 @@ def run_cases(specs, repeats, warmup, threads, after_start=None, on_ready=None, 
                                   spec.get("python")))
             if after_start:
                 after_start(spec, workers[-1])
-        extra = on_ready(workers) if on_ready else None
         times = run_alternating(workers, repeats, warmup, log)
         metas = {w.name: {**w.meta, "peak_rss_mb": w.request("peak_rss")} for w in workers}
-        return times, metas, extra
+        return times, metas, checks(workers) if checks else None
     finally:
         for worker in workers:
             worker.stop()
 
 
-def run_suite(args, case_specs, on_ready=None, one_at_a_time=False):
+def run_alone(spec, repeats, warmup, threads, time_limit_s=None, rss_limit_mb=None):
+    """One case in a fresh worker of its own: build, `warmup` runs, `repeats` runs, then its peak RSS (the
+    process's VmHWM: interpreter, libraries, model, runs; what a user's process that does only this pays).
+
+    Returns {"status": "ok", "times", "meta" with "peak_rss_mb"} or {"status": "out of memory" | "past the time
+    limit" | "failed", "error"}; a case past `time_limit_s` or `rss_limit_mb` is killed, not waited for."""
+    worker = None
+    try:
+        worker = Worker(spec["name"], spec["factory"], spec.get("kwargs"), threads, spec.get("env"),
+                        spec.get("python"), time_limit_s, rss_limit_mb)
+        times = run_alternating([worker], repeats, warmup, log)[worker.name]
+        return {"status": "ok", "times": times, "meta": {**worker.meta, "peak_rss_mb": worker.request("peak_rss")}}
+    except CaseLimitExceeded as error:
+        return {"status": error.status, "error": str(error)}
+    except RuntimeError as error:  # the case raised (e.g. MemoryError) or its worker died
+        return {"status": "failed", "error": str(error)[-2000:]}
+    finally:
+        if worker:
+            worker.stop()
+
+
+def run_suite(args, case_specs, checks=None, one_at_a_time=False):
     """`run_cases` for the specs `case_specs(args, state_path)` returns, where the first peer to start writes the
     torchvision weights (its `save_state`) to `state_path`, a temporary file the Keras cases load.
 
-    Returns (specs, times, metas, what `on_ready(workers, specs)` returned)."""
+    Returns (specs, times, metas, what `checks(workers, specs)` returned)."""
     with tempfile.TemporaryDirectory(prefix="deeplab_bench_") as folder:
         state_path = os.path.join(folder, "torchvision_state.npz")
         specs = case_specs(args, state_path)
@@ -298,7 +351,7 @@ def run_suite(args, case_specs, on_ready=None, one_at_a_time=False):
                 worker.call("save_state", state_path)
 
         times, metas, extra = run_cases(specs, args.repeats, args.warmup, args.threads, after_start=save_peer_state,
-                                        on_ready=on_ready and (lambda workers: on_ready(workers, specs)),
+                                        checks=checks and (lambda workers: checks(workers, specs)),
                                         one_at_a_time=one_at_a_time)
     return specs, times, metas, extra
 
@@ -323,13 +376,10 @@ def summarize(times, prefix=""):
 
 
 def run_alternating(workers, repeats, warmup=1, log=None):
-    """Resets each worker's peak RSS (so that it covers the runs, not the set-up and checks), warms each
-    worker up `warmup` times, then runs `repeats` rounds of one run per worker in turn.
+    """Warms each worker up `warmup` times, then runs `repeats` rounds of one run per worker in turn.
 
     Returns {worker name: {"wall": [seconds per round], "cpu": [CPU seconds per round]}}.
     """
-    for worker in workers:
-        worker.request("reset_peak_rss")
     for _ in range(warmup):
         for worker in workers:
             worker.run()
@@ -442,24 +492,28 @@ def case_specs(args, state_path, *, workload, our_variants, peer_variants, paper
     """The cases of a run of `workload` ("Inference" or "TrainStep": cases:Torch<workload> / cases:Keras<workload>).
 
     Peer suite: torchvision variants first (the first peer writes the weights the Keras cases load), then our
-    variants of the same structure at OS8. Paper suite: our paper-setting models on their own."""
+    variants of the same structure at `args.output_stride` (8 where absent). Paper suite: our paper-setting models
+    on their own."""
     specs = []
+    output_stride = getattr(args, "output_stride", 8)
     if args.suite == "peer":
         for name in filter(None, args.peers.split(",")):
             peer_kwargs = dict(peer_variants[name])
             specs.append({"name": name, "factory": f"cases:Torch{workload}", "role": "peer",
-                          "env": peer_kwargs.pop("env", {}), "backbone": args.backbone, "output_stride": 8,
+                          "python": args.torch_python,
+                          "env": peer_kwargs.pop("env", {}), "backbone": args.backbone,
+                          "output_stride": output_stride,
                           "kwargs": {"backbone": args.backbone, "batch": args.batch, "size": args.size,
-                                     **peer_kwargs}})
+                                     "output_stride": output_stride, **peer_kwargs}})
         if not specs:
             raise SystemExit("the peer suite needs at least one peer variant (--peers)")
         for name in filter(None, args.ours.split(",")):
             case_kwargs, model_kwargs, env = our_variants[name]
             specs.append({"name": name, "factory": f"cases:Keras{workload}", "role": "ours", "env": env,
-                          "backbone": args.backbone, "output_stride": 8,
+                          "backbone": args.backbone, "output_stride": output_stride,
                           "kwargs": {"batch": args.batch, "size": args.size, **case_kwargs,
                                      "model_kwargs": {"source": "torchvision", "state_path": state_path,
-                                                      **model_kwargs}}})
+                                                      "output_stride": output_stride, **model_kwargs}}})
     else:
         for name in filter(None, args.paper_models.split(",")):
             model = dict(paper_models[name])

@@ -10,8 +10,11 @@ Both suites time a 3072^3 fp32 matmul in TF, torch and NumPy in the same rounds:
 (the fastest of the three; GFLOP/s count 2 FLOP per MAC of the model's nominal, dense convolutions).
 
 Every case runs in its own process with the threads fixed to `--threads`; the cases alternate run by run after
-`--warmup` warm-up runs. Each run records wall time and the process's CPU time (all its threads). Prints one
-JSON line per case and per ours/peer pair, then Markdown tables.
+`--warmup` warm-up runs. Each run records wall time and the process's CPU time (all its threads). A case's peak
+RSS is read right after its runs, before the checks (MAC count, which runs our model eagerly; logits against the
+peer's), so it is what a process that only builds and runs the model pays. The torch workers run under
+`--torch-python` (default: the driver's interpreter). Prints one JSON line per case and per ours/peer pair, then
+Markdown tables.
 """
 import argparse
 import importlib.util
@@ -75,9 +78,12 @@ def case_specs(args, state_path):
     specs = harness_case_specs(args, state_path, workload="Inference", our_variants=OUR_VARIANTS,
                                peer_variants=PEER_VARIANTS, paper_models=PAPER_MODELS)
     if not args.no_peak:
-        specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework}}
+        torch_elsewhere = args.torch_python != sys.executable
+        specs += [{"name": name, "factory": "cases:MatmulPeak", "role": "peak", "kwargs": {"framework": framework},
+                   "python": args.torch_python if framework == "torch" else None}
                   for name, framework in PEAK_CASES.items()
-                  if (args.device == "cpu" or framework != "numpy") and importlib.util.find_spec(framework)]
+                  if (args.device == "cpu" or framework != "numpy")
+                  and (framework == "torch" and torch_elsewhere or importlib.util.find_spec(framework))]
     return specs
 
 
@@ -87,14 +93,14 @@ def main(argv=None):
     context = {"record": "context", "benchmark": "inference", "suite": args.suite, "input_size": args.size,
                "batch": args.batch, "repeats": args.repeats, "warmup": args.warmup, **machine_info(args.threads)}
     emit(context)
-    specs, times, metas, checks = run_suite(args, case_specs, on_ready=model_checks)
+    specs, times, metas, checks = run_suite(args, case_specs, checks=model_checks)
     context["load_average_at_end"] = os.getloadavg()
     report(args, specs, times, metas, checks, context)
 
 
 def model_checks(workers, specs):
     """The MAC count of each model and, in the peer suite, the largest difference of ours from the peer's
-    logits on the same pixels."""
+    logits on the same pixels; run after the peak RSS readings (harness.run_cases)."""
     by_name = {w.name: w for w in workers}
     peers = [s["name"] for s in specs if s["role"] == "peer"]
     reference = by_name[peers[0]].call("output") if peers else None

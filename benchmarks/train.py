@@ -8,7 +8,9 @@ cross-entropy ignoring label 255, backward, SGD with momentum 0.9 and weight dec
 keras_deeplab.training.recipe through the compiled Keras train function, as `fit` runs it; torch: the loop a
 torch user writes). Synthetic images and labels (5 % ignored), the same on both sides; the torchvision-compatible
 model of ours starts from the peer's weights. Cases alternate run by run after warm-up (the warm-up of ours
-includes tracing); wall and CPU time per step are recorded.
+includes tracing); wall and CPU time per step are recorded. Peak RSS is each worker's VmHWM over its whole life
+(build, first step, warm-up, steps): what a process that only trains pays. The torch workers run under
+`--torch-python` (default: the driver's interpreter).
 """
 import argparse
 import os
