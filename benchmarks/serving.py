@@ -170,13 +170,13 @@ class RestClient:
         return self.labels
 
     def concurrent(self, clients, requests_per_client, jpeg_paths):
-        """(total seconds, [latency seconds], {image index: [labels digest of each reply]}) for `clients` threads,
-        each with its own connection, client i sending `jpeg_paths[i % len]`."""
+        """(total seconds, [latency seconds], {image index: [labels digest of each reply]}, [error of each failed
+        request]) for `clients` threads, each with its own connection, client i sending `jpeg_paths[i % len]`."""
         import hashlib
 
-        from keras_deeplab.serving.client import TFServingClient
+        from keras_deeplab.serving.client import TFServingClient, TFServingError
 
-        latencies, digests, lock = [], {}, threading.Lock()
+        latencies, digests, errors, lock = [], {}, [], threading.Lock()
 
         def worker(index):
             with open(jpeg_paths[index], "rb") as f:
@@ -184,7 +184,12 @@ class RestClient:
             with TFServingClient(self.url, MODEL_NAME, timeout=600) as client:
                 for _ in range(requests_per_client):
                     start = time.perf_counter()
-                    reply = client.predict_request(instances=[instance], signature_name=SIGNATURE)
+                    try:
+                        reply = client.predict_request(instances=[instance], signature_name=SIGNATURE)
+                    except TFServingError as error:
+                        with lock:
+                            errors.append(f"{error.status_code}: {error}")
+                        continue
                     elapsed = time.perf_counter() - start
                     labels = np.asarray(reply["predictions"][0]["labels"], np.int32)
                     with lock:
@@ -197,7 +202,7 @@ class RestClient:
             thread.start()
         for thread in threads:
             thread.join()
-        return time.perf_counter() - start, latencies, digests
+        return time.perf_counter() - start, latencies, digests, errors
 
     def close(self):
         self.client.close()
@@ -217,7 +222,7 @@ def start_server(folder, port, threads, log_path, options=()):
     deeplab = os.path.join(os.path.dirname(sys.executable), "deeplab")
     command = [deeplab, "serve", "--model_name", MODEL_NAME, "--model_base_path", os.path.join(folder, MODEL_NAME),
                "--rest_api_port", str(port), "--tensorflow_intra_op_parallelism", str(threads),
-               "--tensorflow_inter_op_parallelism", str(threads), *options]
+               "--tensorflow_inter_op_parallelism", str(threads), "--rest_api_timeout_in_ms", "3600000", *options]
     log_file = open(log_path, "w")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                env={**os.environ, **thread_environment(threads)})
@@ -254,8 +259,11 @@ def measure_concurrency(port, server, jpeg, jpegs, args):
     try:
         for clients in (int(c) for c in args.concurrency.split(",") if c):
             log(f"{clients} concurrent clients x {args.requests_per_client} requests")
-            total, latencies, digests = client.call("concurrent", clients, args.requests_per_client, jpegs)
+            total, latencies, digests, errors = client.call("concurrent", clients, args.requests_per_client, jpegs)
+            for error in errors:
+                log(f"request failed: {error}")
             results[clients] = {"total_s": total, "latencies_s": latencies, "requests_per_s": len(latencies) / total,
+                                "failed_requests": len(errors),
                                 "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99),
                                 "server_peak_rss_mb": peak_rss_mb(server.pid), "digests": digests}
     finally:
@@ -349,8 +357,8 @@ def main(argv=None):
     for results in concurrency.values():
         for result in results.values():
             digests = result.pop("digests", {})
-            result["answers_changed"] = (sum(d != reference[i] for i, ds in digests.items() for d in ds)
-                                         if reference else None)
+            result["answers_changed"] = (sum(d != reference[i] for i, ds in digests.items() for d in ds
+                                             if i in reference) if reference else None)
     context["load_average_at_end"] = os.getloadavg()
     report(args, context, export_meta, times, metas, mismatches, server_peak_single, concurrency)
 
@@ -407,7 +415,7 @@ def report(args, context, export_meta, times, metas, mismatches, server_peak_sin
         print(markdown_table(concurrent_rows, [
             ("clients", "concurrent clients", None), ("batching", "batching", None),
             ("requests_per_s", "req/s", "{:.3f}"), ("requests_per_s_vs_off", "req/s vs off", "{:.2f}"),
-            ("answers_changed", "answers changed", None),
+            ("answers_changed", "answers changed", None), ("failed_requests", "failed", None),
             ("p50_s", "p50 s", "{:.2f}"), ("p99_s", "p99 s", "{:.2f}"), ("total_s", "total s", "{:.1f}"),
             ("server_peak_rss_mb", "server peak RSS MiB", "{:.0f}")]))
 
