@@ -1,5 +1,6 @@
 """The checks of an export, as TF Serving loads it: `check_export` runs `verify_saved_model` in a fresh process
-(`python -m keras_deeplab.export verify`) against the in-process Keras model's labels on real images."""
+(`python -m keras_deeplab.export verify`) against the in-process Keras model's labels on real images: equal but at
+ties for a float32 export, equal on at least a given percent of the pixels for a bfloat16 one."""
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_deeplab.export.precision import label_agreement
 from keras_deeplab.export.signatures import logits_at_input_size
 from keras_deeplab.export.warmup import default_check_images, encoded_image
 from keras_deeplab.serving.contract import (EXPECTED_SHAPES, EXPECTED_SIGNATURES, EXPORT_INFO_FILE, IMAGE_BYTES,
@@ -37,11 +39,14 @@ def reference_labels(model, pixels, max_long_side=None):
     return np.argmax(logits, axis=-1).astype(np.int32), ties
 
 
-def check_export(version_dir, model, max_long_side, check_images=None, timeout=900):
+def check_export(version_dir, model, max_long_side, check_images=None, timeout=900, min_label_agreement=None):
     """Checks a written version in a fresh process (see `verify_saved_model`) against `model`'s own labels on
     `check_images` (None: `default_check_images()`, the package's real images).
 
-    Returns the check report; raises ExportCheckError listing the problems.
+    `min_label_agreement`: None to require `model`'s labels at every pixel but ties (a float32 export), else the
+    percent of all pixels whose labels must equal `model`'s (a bfloat16 export against the float32 model).
+    Returns the check report (with each signature's `label_agreement` percent); raises ExportCheckError listing
+    the problems.
     """
     if check_images is None:
         check_images = default_check_images()
@@ -55,6 +60,8 @@ def check_export(version_dir, model, max_long_side, check_images=None, timeout=9
                        f"labels_{index}": labels, f"ties_{index}": ties})
     with tempfile.TemporaryDirectory(prefix="keras_deeplab_check_") as folder:
         reference = os.path.join(folder, "reference.npz")
+        if min_label_agreement is not None:
+            arrays["min_label_agreement"] = np.float64(min_label_agreement)
         np.savez(reference, count=len(check_images), **arrays)
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -107,8 +114,10 @@ def verify_saved_model(version_dir, reference=None):
     dimension against the export info's `num_classes` when there is one), every signature's method name
     `tensorflow/serving/predict` and dtypes JSON-encodable, no XLA ops, the warmup records run.
     With `reference` (an .npz written by `check_export`: encoded images, pixels and the Keras model's labels)
-    it runs both signatures by tensor name and compares labels, padding, sizes, PNGs and probabilities, and
-    checks that bytes that are not an image give InvalidArgument (HTTP 400).
+    it runs both signatures by tensor name and compares labels (equal but at ties, or, where the reference holds
+    `min_label_agreement`, equal on at least that percent of the pixels; the percent is reported per signature as
+    `label_agreement`), padding, sizes, PNGs and probabilities, and checks that bytes that are not an image give
+    InvalidArgument (HTTP 400).
     """
     from keras_deeplab.serving.servable import Servable
 
@@ -146,7 +155,8 @@ def verify_saved_model(version_dir, reference=None):
             problems.append(f"warmup: {error}")
         if reference is not None and not problems:
             reference = np.load(reference)
-            problems += _check_against_reference(servable, reference)
+            found, report["label_agreement"] = _check_against_reference(servable, reference)
+            problems += found
             report["checked_images"] = int(reference["count"])
             try:
                 servable.run(SERVING_SIGNATURE, {IMAGE_BYTES: np.array([b"this is not an image"], dtype=object)})
@@ -198,10 +208,17 @@ def _shape_problems(name, signature, num_classes=None):
     return problems
 
 
+def _shape_mismatch(labels, expected, what):
+    """A problem text when `labels` and `expected` differ in shape, else None."""
+    if labels.shape != expected.shape:
+        return f"{what}: shape {labels.shape}, expected {expected.shape}"
+    return None
+
+
 def _label_mismatch(labels, expected, ties, what):
     """A problem text when `labels` differ from `expected` anywhere but at ties, else None."""
     if labels.shape != expected.shape:
-        return f"{what}: shape {labels.shape}, expected {expected.shape}"
+        return _shape_mismatch(labels, expected, what)
     wrong = (labels != expected) & ~ties
     if wrong.any():
         return (f"{what}: differs from the Keras model's argmax at {int(wrong.sum())} of {wrong.size} pixels "
@@ -209,12 +226,24 @@ def _label_mismatch(labels, expected, ties, what):
     return None
 
 
+def _agreement_problem(name, agreement, min_agreement, count):
+    """A problem text when the labels of signature `name` agree with the reference's on less than
+    `min_agreement` percent of the pixels of `count` images, else None."""
+    if agreement >= min_agreement:
+        return None
+    return (f"{name} labels agree with the reference (float32) model's on {agreement:.2f} % of the pixels of the "
+            f"{count} check images, below the required {min_agreement:.2f} % (min_label_agreement)")
+
+
 def _check_against_reference(servable, reference):
+    """(problems, {signature: percent of the check images' pixels whose labels equal the reference's})."""
     import io
 
     from PIL import Image
 
     count = int(reference["count"])
+    min_agreement = float(reference["min_label_agreement"]) if "min_label_agreement" in reference else None
+    found = {SERVING_SIGNATURE: [], IMAGES_SIGNATURE: []}
     images = [(reference[f"bytes_{i}"].tobytes(), reference[f"pixels_{i}"], reference[f"labels_{i}"],
                reference[f"ties_{i}"]) for i in range(count)]
     problems = []
@@ -222,11 +251,13 @@ def _check_against_reference(servable, reference):
     height = max(p.shape[0] for _, p, _, _ in images)
     width = max(p.shape[1] for _, p, _, _ in images)
     if out[LABELS].shape != (count, height, width):
-        return [f"{SERVING_SIGNATURE} labels have shape {out['labels'].shape}, expected {(count, height, width)}"]
+        return [f"{SERVING_SIGNATURE} labels have shape {out['labels'].shape}, expected {(count, height, width)}"], {}
     for index, (_, pixels, expected, ties) in enumerate(images):
         h, w = expected.shape
         what = f"{SERVING_SIGNATURE} labels of check image {index} ({h}x{w})"
-        problems.append(_label_mismatch(out[LABELS][index, :h, :w], expected, ties, what))
+        found[SERVING_SIGNATURE].append(out[LABELS][index, :h, :w])
+        if min_agreement is None:
+            problems.append(_label_mismatch(out[LABELS][index, :h, :w], expected, ties, what))
         padding = np.ones((height, width), bool)
         padding[:h, :w] = False
         if (out[LABELS][index][padding] != PAD_LABEL).any():
@@ -238,9 +269,15 @@ def _check_against_reference(servable, reference):
             problems.append(f"{what}: label_png_bytes does not decode to the labels")
         result = servable.run(IMAGES_SIGNATURE, {IMAGES: pixels[None]})
         what = f"{IMAGES_SIGNATURE} labels of check image {index} ({h}x{w})"
-        problems.append(_label_mismatch(result[LABELS][0], expected, ties, what))
+        found[IMAGES_SIGNATURE].append(result[LABELS][0])
+        problems.append(_label_mismatch(result[LABELS][0], expected, ties, what) if min_agreement is None
+                        else _shape_mismatch(result[LABELS][0], expected, what))
         probabilities = result[PROBABILITIES][0]
         if probabilities.shape[:2] != (h, w) or not np.allclose(probabilities.sum(-1), 1.0, atol=1e-4):
             problems.append(f"{IMAGES_SIGNATURE} probabilities of check image {index} have shape "
                             f"{probabilities.shape} or do not sum to 1")
-    return [p for p in problems if p]
+    expected = [labels for _, _, labels, _ in images]
+    agreement = {name: label_agreement(labels, expected) for name, labels in found.items()}
+    if min_agreement is not None:
+        problems += [_agreement_problem(name, value, min_agreement, count) for name, value in agreement.items()]
+    return [p for p in problems if p], agreement

@@ -1,5 +1,6 @@
 """The exported computation: the inference size policy, logits at each image's own size, and the
-`keras.export.ExportArchive` with the contract's two signatures (no XLA, float32 compute)."""
+`keras.export.ExportArchive` with the contract's two signatures (no XLA; the model's own compute dtype, float32
+logits, labels and probabilities)."""
 from keras_deeplab.architectures import main_output
 from keras_deeplab.serving.contract import (IMAGE_BYTES, IMAGE_SIZE, IMAGES, IMAGES_SIGNATURE, LABEL_PNG_BYTES,
                                             LABELS, PAD_LABEL, PROBABILITIES, SERVING_SIGNATURE)
