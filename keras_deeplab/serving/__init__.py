@@ -5,7 +5,7 @@
   the way TF Serving does (TF1 SavedModel loader, Session, signature tensor names) and picks up new ones; gRPC
   on `--port` (grpc_server.py); both through service.py's PredictionService, with request batching across clients
   (batching.py) and Prometheus metrics (metrics.py; text-format configs: text_protos.py); a page at `/` to try
-  the models in a browser (page.py, page/).
+  the models in a browser (page.py, static/).
 - contract.py: the export's signatures, tensor names and shapes, label padding, version folders and atomic writes;
   images.py: encoded images (encode, decode, sizes from headers) with Pillow.
 - json_tensor.py: TF Serving's JSON <-> tensor rules; model_config.py: models.config files.

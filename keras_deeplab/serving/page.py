@@ -1,6 +1,6 @@
 """The page of `deeplab serve` at `/`: try a served model in a browser (`--web_page=false` turns it off).
 
-The page (static HTML, CSS and JavaScript in `serving/page/`, no build step, nothing fetched from elsewhere) sends an
+The page (static HTML, CSS and JavaScript in `serving/static/`, no build step, nothing fetched from elsewhere) sends an
 image through the REST API like any client (`POST /v1/models/{name}/versions/{v}:predict`, `serving_default`), lists
 versions from `GET /v1/models/{name}` and draws the returned labels as a colour overlay with a legend, each class's
 share of the pixels and the latency measured in the browser. The only other route is `GET /page/models.json`
@@ -20,7 +20,7 @@ from keras_deeplab.serving.contract import EXPORT_INFO_FILE, version_folders
 log = logging.getLogger("keras_deeplab.serving")
 
 DEFAULT_COLORMAP = "pascal"
-# name -> media type of the files served from serving/page/ (`/` is index.html).
+# name -> media type of the files served from serving/static/ (`/` is index.html).
 _STATIC_FILES = {"index.html": "text/html; charset=utf-8", "page.js": "text/javascript; charset=utf-8",
                  "page.css": "text/css; charset=utf-8"}
 # Everything the page loads comes from this server: no other origin, no inline script or style.
@@ -83,7 +83,7 @@ def models_listing(manager):
 def page_routes(manager):
     """Starlette GET routes of the page: `/` (index.html), `/page/page.js`, `/page/page.css` and
     `/page/models.json` for the models of a `ModelManager`."""
-    folder = files("keras_deeplab.serving") / "page"
+    folder = files("keras_deeplab.serving.static")
     contents = {name: (folder / name).read_bytes() for name in _STATIC_FILES}
 
     def static(name):
