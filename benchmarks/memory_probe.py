@@ -62,12 +62,39 @@ def our_inference(size, call):
     return lambda: forward(tensor), model
 
 
+def _training_levers(levers):
+    """Ours: `atrous_<implementation>` (every AtrousConv2D in that implementation; "winograd" only for 3x3 kernels,
+    the others as "auto" picks); `keep_tiles` (Winograd's gradient as before: TF's, keeping the transformed tiles);
+    `keep_copies` (the same for the shifted form's copies of input rows and columns); `jit` (the train function
+    compiled by XLA)."""
+    from keras import ops
+
+    from keras_deeplab.layers import convolution, shifted, winograd
+
+    if "keep_tiles" in levers:  # Winograd's transformed tiles and kernels kept for the backward, as TF's gradient does
+        winograd._products = lambda transformed, padded, kernel: ops.stack(
+            [ops.matmul(a, b) for a, b in zip(*transformed(padded, kernel))])
+    if "keep_copies" in levers:  # the shifted form's row and column copies kept for the backward (TF's gradient)
+        shifted._matmul_of = lambda function, x, kernel: ops.matmul(function(x), kernel)
+    forced = [lever.partition("_")[2] for lever in levers if lever.startswith("atrous_")]
+    if forced:
+        choose, implementation = convolution.choose_implementation, forced[0]
+
+        def choose_forced(requested, kernel_size, *args):
+            if implementation == "winograd" and tuple(kernel_size) != (3, 3):
+                return choose(requested, kernel_size, *args)
+            return implementation
+
+        convolution.choose_implementation = choose_forced
+
+
 def build(side, mode, size, call, levers):
     """The measured call, and the object to keep alive while measuring."""
     import cases
 
     if side == "ours":
         cases._library_switches(split_wide_convs="no_split" not in levers, winograd="no_winograd" not in levers)
+        _training_levers(levers)
     if side == "torch":
         case = (cases.TorchInference(batch=1, size=size) if mode == "infer"
                 else cases.TorchTrainStep(batch=2, size=size))
@@ -75,7 +102,8 @@ def build(side, mode, size, call, levers):
     if mode == "infer":
         return our_inference(size, call)
     # KerasTrainStep takes its first step at construction: count it as the first call
-    case = cases.KerasTrainStep(batch=2, size=size, model_kwargs={"source": "preset", "preset": PRESET})
+    case = cases.KerasTrainStep(batch=2, size=size, jit_compile="jit" in levers,
+                                model_kwargs={"source": "preset", "preset": PRESET})
     return case.run, case
 
 
@@ -157,8 +185,10 @@ def main(argv=None):
     parser.add_argument("--call", choices=("predict", "function"), default="predict", help="our inference call")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our workers (repeatable)")
-    parser.add_argument("--levers", default="", help="comma-separated; ours: no_winograd (direct 3x3 forms), no_split "
-                        "(2048-channel convolutions in one kernel), no_order (ops in the order TF's executor picks, "
+    parser.add_argument("--levers", default="", help="comma-separated; ours: atrous_native|shifted|winograd, "
+                        "keep_tiles, keep_copies, jit (training: see _training_levers), no_winograd (direct 3x3 "
+                        "forms), no_split (2048-channel convolutions in one kernel), no_order (ops in the order TF's "
+                        "executor picks, "
                         "as before layers/ordering.py); both sides: no_jax (JAX made unimportable)")
     parser.add_argument("--torch-python", default="/tmp/torchenv/bin/python")
     parser.add_argument("--worker", choices=("ours", "torch"), help=argparse.SUPPRESS)

@@ -240,6 +240,69 @@ def test_winograd_conv_gradients_equal_keras():
     assert_same_outputs_and_gradients(winograd_conv, (2, 17, 19, 5), (3, 3, 5, 4), (2, 2), atol=5e-4, rtol=1e-4)
 
 
+def _gradients_and_kept(convolution, x, kernel, dy):
+    """(gradients of `convolution(x, kernel)` for the output gradient `dy`, the op types of the forward ops whose
+    results the backward reads, through reshapes and identities) in one traced graph."""
+    forward_ops = {}
+
+    @tf.function
+    def gradients(x, kernel, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = convolution(x, kernel)
+        forward_ops["count"] = len(tf.compat.v1.get_default_graph().get_operations())
+        return tape.gradient(y, [x, kernel], output_gradients=dy)
+
+    graph = gradients.get_concrete_function(x, kernel, dy).graph
+    operations = graph.get_operations()
+    forward = set(operations[:forward_ops["count"]])
+    kept = set()
+    for tensor in (t for op in operations[forward_ops["count"]:] for t in op.inputs if t.op in forward):
+        while tensor.op.type in ("Reshape", "Identity") and tensor.op.inputs:  # views: their source is what is kept
+            tensor = tensor.op.inputs[0]
+        kept.add(tensor.op.type)
+    return [np.asarray(g) for g in gradients(x, kernel, dy)], kept
+
+
+def test_winograd_gradient_computes_the_transforms_again(monkeypatch):
+    """The backward keeps no transformed tiles or kernels (the forward's Unpack results): it transforms the padded
+    input and the kernel again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
+    from keras import ops
+
+    from keras_deeplab.layers import winograd
+
+    x, kernel = random_images((2, 17, 19, 6)), random_images((3, 3, 6, 5))
+    dy = random_images((2, 17, 19, 5))
+    convolution = functools.partial(winograd_conv, rates=(2, 2))
+    got, kept = _gradients_and_kept(convolution, x, kernel, dy)
+    assert "Unpack" not in kept, kept
+    monkeypatch.setattr(winograd, "_products", lambda transformed, padded, kernel: ops.stack(
+        [ops.matmul(a, b) for a, b in zip(*transformed(padded, kernel))]))
+    want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
+    assert "Unpack" in kept_by_tf, kept_by_tf
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_shifted_conv_gradient_copies_the_input_again(monkeypatch):
+    """The backward keeps no copies of input rows or columns (the forward's Slice results): it copies them from the
+    input again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
+    from keras import ops
+
+    from keras_deeplab.layers import shifted
+
+    x, kernel = random_images((2, 9, 11, 6)), random_images((3, 3, 6, 5))
+    dy = random_images((2, 9, 11, 5))
+    convolution = functools.partial(shifted_conv, rates=(3, 3), column_trim_ratio=1)  # trimmed taps too
+    got, kept = _gradients_and_kept(convolution, x, kernel, dy)
+    assert "Slice" not in kept, kept
+    monkeypatch.setattr(shifted, "_matmul_of", lambda function, x, kernel: ops.matmul(function(x), kernel))
+    want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
+    assert "Slice" in kept_by_tf, kept_by_tf
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
 WINOGRAD_JAX_SCRIPT = textwrap.dedent("""
     import sys
     import jax  # the test must fail, not skip, without JAX

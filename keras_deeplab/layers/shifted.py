@@ -6,9 +6,10 @@ side; the products are shifted into place by their column offsets and summed. Ro
 and whole taps whose shift is at least the feature size (paper, Figure 4), are skipped. Exact; measured in
 `benchmarks/` (README there).
 """
+import keras
 from keras import ops
 
-from keras_deeplab.layers.ordering import after, run_after
+from keras_deeplab.layers.ordering import after
 from keras_deeplab.layers.preprocessing import spatial_size
 
 # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
@@ -55,6 +56,34 @@ def _shift_back(x, axis, shift, static_size, size):
     return ops.slice(padded, [0] * 4, [size if a == axis else ops.shape(padded)[a] for a in range(4)])
 
 
+def _matmul_of(function, x, kernel):
+    """`function(x) @ kernel` (a GEMM over the last axis). On TF the gradient keeps `x` and `kernel` only and calls
+    `function` again, instead of keeping its result (here a copy of the rows or columns of `x` inside the map) from
+    the forward pass until the backward (ASPP's copies: about 250 MiB in a training step at crop 321; the step's
+    peak fell by 140-220 MiB, benchmarks/memory.md, "Training memory"). The same ops as TF's own gradient of the
+    GEMM: the same numbers to float rounding."""
+    if keras.backend.backend() != "tensorflow":
+        return ops.matmul(function(x), kernel)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def product(x, kernel):
+        def gradient(dy):
+            inputs = [after(dy, x), after(dy, kernel)]  # late, and not merged with the forward's copy by grappler
+            with tf.GradientTape() as tape:
+                tape.watch(inputs[0])
+                block = function(inputs[0])
+            rows = tf.reshape(block, (-1, kernel.shape[0]))
+            dy_rows = tf.reshape(dy, (-1, kernel.shape[1]))
+            d_kernel = tf.matmul(rows, dy_rows, transpose_a=True)
+            d_block = tf.reshape(tf.matmul(dy_rows, inputs[1], transpose_b=True), tf.shape(block))
+            return tape.gradient(block, inputs[0], output_gradients=d_block), d_kernel
+
+        return ops.matmul(function(x), kernel), gradient
+
+    return product(tf.convert_to_tensor(x), tf.convert_to_tensor(kernel))
+
+
 def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
     """The stride-1 'same' convolution of NHWC `inputs` with the odd-sized HWIO `kernel` at dilation `rates`
     (height, width), without bias, as the module docstring describes. Works on dynamic sizes."""
@@ -77,10 +106,12 @@ def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
     last = None
     for i, dy in tap_offsets(kh, rh, static_h):
         # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
-        block = run_after(last, _inside, inputs, 1, dy, static_h, height) if dy else after(last, inputs)
+        rows = (lambda x, dy=dy: _inside(x, 1, dy, static_h, height)) if dy else (lambda x: x)
+        block = after(last, inputs)
         row_sum = None
         if grouped:
-            products = last = ops.matmul(block, ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
+            products = last = _matmul_of(rows, block,
+                                         ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
             # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
             parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
             for part, (_, dx) in zip(parts, grouped):
@@ -88,7 +119,8 @@ def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
                     part = _shift_back(_inside(part, 2, dx, static_w, width), 2, dx, static_w, width)
                 row_sum = part if row_sum is None else row_sum + part
         for j, dx in trimmed:
-            part = last = ops.matmul(run_after(last, _inside, block, 2, dx, static_w, width), taps[i][j])
+            part = last = _matmul_of(lambda x, rows=rows, dx=dx: _inside(rows(x), 2, dx, static_w, width),
+                                     after(last, inputs), taps[i][j])
             part = _shift_back(part, 2, dx, static_w, width)
             row_sum = part if row_sum is None else row_sum + part
         if dy:
