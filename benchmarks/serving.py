@@ -17,7 +17,7 @@ map and size out). Cases, alternating request by request after warm-up:
 Then the REST throughput with N concurrent clients (--concurrency), each sending its own image (client i: street
 photo i of the sample, so answers can be told apart): requests/s and p50/p99 latency over --requests-per-client
 requests each, with request batching off and on (--batching off,on: a second `deeplab serve --enable_batching` with
-the --max-batch-size / --batch-timeout-micros parameters, one batch thread). Every reply's labels are compared
+the --max-batch-size / --batch-timeout-micros / --num-batch-threads parameters). Every reply's labels are compared
 with the same image's labels from the server without batching: "answers changed" counts the replies that differ
 in any pixel. Peak RSS: per worker (read after its runs, before the label check), and
 the server's VmHWM over its whole life (model load, warm-up, every request so far; never reset): after the
@@ -287,6 +287,7 @@ def parse_args(argv):
     parser.add_argument("--max-batch-size", type=int, default=8, help="batching parameter (default: %(default)s)")
     parser.add_argument("--batch-timeout-micros", type=int, default=100000,
                         help="batching parameter (default: %(default)s)")
+    parser.add_argument("--num-batch-threads", type=int, default=1, help="batching parameter (default: %(default)s)")
     parser.add_argument("--images", type=int, default=8, help="distinct request images (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -344,7 +345,8 @@ def main(argv=None):
             with open(parameters, "w") as f:
                 f.write(f"max_batch_size {{ value: {args.max_batch_size} }}\n"
                         f"batch_timeout_micros {{ value: {args.batch_timeout_micros} }}\n"
-                        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 1000 }\n")
+                        f"num_batch_threads {{ value: {args.num_batch_threads} }}\n"
+                        "max_enqueued_batches { value: 1000 }\n")
             port = free_port()
             server = start_server(folder, port, args.threads, os.path.join(folder, "server_batching.log"),
                                   ("--enable_batching", f"--batching_parameters_file={parameters}"))
