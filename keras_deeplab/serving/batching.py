@@ -20,6 +20,7 @@ effect. With the export's `serving_default` signature (each image runs through t
 """
 import collections
 import itertools
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,8 +65,7 @@ class BatchingOptions:
 
     @property
     def threads(self):
-        import os
-
+        """How many threads run batches."""
         return self.num_batch_threads or os.cpu_count() or 1
 
     def padded_size(self, size):
