@@ -85,6 +85,8 @@ def test_the_wheel_holds_every_module_and_the_package_data(installed):
     assert (package / "configs" / "__init__.py").is_file()
     shipped_images = {path.name for path in (REPO / "keras_deeplab" / "sample_images").iterdir()}
     assert shipped_images and shipped_images == {path.name for path in (package / "sample_images").iterdir()}
+    page_files = {path.name for path in (REPO / "keras_deeplab" / "serving" / "static").iterdir()}
+    assert page_files and page_files <= {path.name for path in (package / "serving" / "static").iterdir()}
 
 
 def test_help_of_the_installed_command_imports_no_tensorflow(installed):
