@@ -114,11 +114,11 @@ def worker(args):
         sys.modules["jax"] = None  # as where JAX is not installed: `import tensorflow` imports it if it is
     if args.side == "ours":
         import keras_deeplab  # noqa: F401 - first: selects the allocator before any tensor
-        from keras_deeplab.layers import convolution, shifted
+        from keras_deeplab.layers import convolution, shifted, winograd
 
         if "no_order" in args.levers:  # TF's executor orders the ops as it likes, as before layers/ordering.py
-            convolution.after = lambda dependency, tensor: tensor
-            shifted.run_after = lambda dependency, function, *args: function(*args)
+            for module in (convolution, shifted, winograd):
+                module.after = lambda dependency, tensor: tensor
     else:
         import torch  # noqa: F401
     record = {"side": args.side, "mode": args.mode, "size": args.size, "call": args.call, "levers": args.levers,
