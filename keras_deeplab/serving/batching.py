@@ -134,7 +134,7 @@ class _Batch:
     queue_key: tuple
     servable: object
     signature_name: str
-    labels: dict  # what the batch observer is told: model name and the like
+    model_name: str  # for the observers (metrics)
     opened: float = field(default_factory=time.monotonic)
     tasks: list = field(default_factory=list)
     rows: int = 0
@@ -143,8 +143,8 @@ class _Batch:
 class BatchScheduler:
     """Batches concurrent `run` calls per (servable, signature, compatible inputs); see the module doc.
 
-    `on_batch(labels, servable, signature_name, rows, waits)` is called for every batch run (metrics);
-    `on_rejected(labels, servable, signature_name)` for every task refused because its queue was full.
+    `on_batch(model_name, servable, signature_name, rows, waits)` is called for every batch run (metrics);
+    `on_rejected(model_name, servable, signature_name)` for every task refused because its queue was full.
     """
 
     def __init__(self, options, *, on_batch=None, on_rejected=None):
@@ -160,7 +160,7 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def run(self, servable, signature_name, inputs, timeout_ms=None, labels=None):
+    def run(self, servable, signature_name, inputs, timeout_ms=None, model_name=""):
         """Runs `servable.run(signature_name, inputs)` as part of a batch and returns this task's outputs."""
         rows = batch_rows(inputs)
         if rows > self.options.max_batch_size:
@@ -180,7 +180,7 @@ class BatchScheduler:
                     full = True
                 else:
                     full = False
-                    batches.append(_Batch(queue_key, servable, signature_name, labels or {}))
+                    batches.append(_Batch(queue_key, servable, signature_name, model_name))
             else:
                 full = False
             if not full:
@@ -189,7 +189,7 @@ class BatchScheduler:
                 self._condition.notify_all()
         if full:
             if self._on_rejected:
-                self._on_rejected(labels or {}, servable, signature_name)
+                self._on_rejected(model_name, servable, signature_name)
             raise ServingError(QUEUE_FULL_MESSAGE, 503, "UNAVAILABLE")
         if not task.done.wait(None if not timeout_ms else timeout_ms / 1000.0 + 1.0):
             raise ServingError("Deadline exceeded while the request waited for its batch", 504)
@@ -239,7 +239,7 @@ class BatchScheduler:
                 merged = {name: np.concatenate([value, np.repeat(value[:1], padded - batch.rows, axis=0)])
                           for name, value in merged.items()}
             if self._on_batch:
-                self._on_batch(batch.labels, batch.servable, batch.signature_name, padded,
+                self._on_batch(batch.model_name, batch.servable, batch.signature_name, padded,
                                [started - task.enqueued for task in batch.tasks])
             outputs = batch.servable.run(batch.signature_name, merged)
             start = 0

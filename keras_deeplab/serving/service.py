@@ -44,7 +44,7 @@ class PredictionService:
                 if self.scheduler is None:
                     outputs = servable.run(signature_name, inputs, timeout_ms=self.timeout_ms)
                 else:
-                    outputs = self.scheduler.run(servable, signature_name, inputs, self.timeout_ms, {"model": name})
+                    outputs = self.scheduler.run(servable, signature_name, inputs, self.timeout_ms, name)
             finally:
                 servable.release()
             return servable.version, signature_name, outputs
@@ -85,13 +85,13 @@ class PredictionService:
     def _observed(self, name, version, api, entrypoint):
         return _Observation(self.metrics, name, version, api, entrypoint)
 
-    def _observe_batch(self, labels, servable, signature_name, rows, waits):
+    def _observe_batch(self, model_name, servable, signature_name, rows, waits):
         if self.metrics is not None:
-            self.metrics.observe_batch(labels.get("model", ""), servable.version, signature_name, rows, waits)
+            self.metrics.observe_batch(model_name, servable.version, signature_name, rows, waits)
 
-    def _observe_rejected(self, labels, servable, signature_name):
+    def _observe_rejected(self, model_name, servable, signature_name):
         if self.metrics is not None:
-            self.metrics.observe_rejected(labels.get("model", ""), servable.version, signature_name)
+            self.metrics.observe_rejected(model_name, servable.version, signature_name)
 
 
 class _Observation:
