@@ -258,25 +258,21 @@ def _synchronize_tf(tf):
         tf.test.experimental.sync_devices()
 
 
-def _library_switches(split_wide_convs, winograd):
-    """For this worker process (the settings are read when the model is traced): `split_wide_convs` False makes
-    `layers.Conv2D` compute all its output channels in one kernel; `winograd` False keeps `layers.AtrousConv2D`'s
-    "auto" on the direct forms in inference too."""
-    from keras_deeplab.layers import Conv2D, convolution
+def _library_switches(winograd):
+    """For this worker process (the settings are read when the model is traced): `winograd` False keeps
+    `layers.AtrousConv2D`'s "auto" on the direct forms in inference too."""
+    from keras_deeplab.layers import convolution
 
-    if not split_wide_convs:
-        Conv2D.MAX_OUTPUT_CHANNELS = None
     if not winograd:
         convolution.WINOGRAD_MAX_RATE = 0
 
 
 def torchvision_structure_model(state_path, atrous_implementation="auto", output_stride=8, atrous_variant=None,
-                                keras_bn=False, split_wide_convs=True, winograd=True):
+                                keras_bn=False, winograd=True):
     """Our DeepLabV3 in torchvision's configuration carrying the state dict at `state_path` (.npz). With the
     default arguments this is exactly `keras_deeplab.convert.from_torchvision(state_path)`.
     `atrous_variant`: a prototype AtrousConv2D from atrous_variants.py, or None for the library's;
     `keras_bn`: BatchNorm through Keras' unfused training ops, as before the library's fused one (keras_bn.py);
-    `split_wide_convs=False`: every output channel of a conv at once, as before `layers.Conv2D`;
     `winograd=False`: the 3x3 convolutions in their direct forms, as before Winograd in `layers.AtrousConv2D`."""
     _tf()
     from atrous_variants import patched
@@ -291,7 +287,7 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
         config["atrous_rates"] = tuple(r * 8 // output_stride for r in config["atrous_rates"])
     if keras_bn:
         use_keras_batch_norm()
-    _library_switches(split_wide_convs, winograd)
+    _library_switches(winograd)
     with patched(atrous_variant):
         model = DeepLabV3(num_classes=NUM_CLASSES, backbone=f"resnet{_resnet_depth(state)}_v1.5",
                           preprocessing="torch", atrous_implementation=atrous_implementation, **config)
@@ -300,10 +296,10 @@ def torchvision_structure_model(state_path, atrous_implementation="auto", output
 
 
 def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="auto", atrous_variant=None,
-                keras_bn=False, split_wide_convs=True, winograd=True, last_block=None, decoder=False):
+                keras_bn=False, winograd=True, last_block=None, decoder=False):
     """The paper's model (ResNet v1 layout, MG (1, 2, 4), ASPP (6, 12, 18) at OS16) or MobileNetV2 DeepLabV3,
     randomly initialised (seeded); with `last_block`, its cascaded model (`DeepLabV3Cascade`, MG (1, 1, 1)) up to
-    that block; with `decoder`, DeepLabv3+ (`DeepLabV3Plus`); `atrous_variant`, `keras_bn`, `split_wide_convs` and
+    that block; with `decoder`, DeepLabv3+ (`DeepLabV3Plus`); `atrous_variant`, `keras_bn` and
     `winograd` as for `torchvision_structure_model`."""
     _tf()
     import keras
@@ -317,7 +313,7 @@ def paper_model(backbone="resnet101", output_stride=16, atrous_implementation="a
     keras.utils.set_random_seed(0)
     if keras_bn:
         use_keras_batch_norm()
-    _library_switches(split_wide_convs, winograd)
+    _library_switches(winograd)
     with patched(atrous_variant):
         if last_block is not None:
             return DeepLabV3Cascade(num_classes=NUM_CLASSES, backbone=backbone, last_block=last_block,

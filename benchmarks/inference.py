@@ -30,7 +30,6 @@ from harness import (PEER_VARIANTS, add_run_arguments, add_suite_arguments, case
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
     "ours_folded": ({"fold_bn": True}, {"atrous_implementation": "auto"}, {}),
-    "ours_folded_unsplit": ({"fold_bn": True}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
     "ours_folded_direct": ({"fold_bn": True}, {"atrous_implementation": "auto", "winograd": False}, {}),
     "ours_folded_dynamic": ({"fold_bn": True, "dynamic_shape": True}, {"atrous_implementation": "auto"}, {}),
     "ours_folded_inter_op_1": ({"fold_bn": True}, {"atrous_implementation": "auto"},

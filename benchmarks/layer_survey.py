@@ -3,7 +3,6 @@ R50 OS8 in torchvision's structure, BatchNorm folded as exported, timed alone on
 network, with its nominal GFLOP/s; their sum against the whole forward.
 
     python benchmarks/layer_survey.py --size 513 --repeats 5
-    python benchmarks/layer_survey.py --size 513 --repeats 5 --unsplit   # every conv's outputs in one kernel
     python benchmarks/layer_survey.py --size 513 --repeats 5 --direct    # no Winograd: the direct 3x3 forms
 
 Random weights (timing does not depend on them). One process, the threads fixed to --threads. Prints one JSON
@@ -32,7 +31,6 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=513)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--unsplit", action="store_true", help="layers.Conv2D.MAX_OUTPUT_CHANNELS = None")
     parser.add_argument("--direct", action="store_true", help="layers.convolution.WINOGRAD_MAX_RATE = 0")
     args = parser.parse_args(argv)
     tf = tensorflow_in_process(args.threads)
@@ -42,14 +40,12 @@ def main(argv=None):
     from flops import keras_macs
     from keras_deeplab.convert import TORCHVISION_CONFIG
     from keras_deeplab.fold import fold_batch_norm
-    from keras_deeplab.layers import ASPP, Conv2D, convolution
+    from keras_deeplab.layers import ASPP, convolution
     from keras_deeplab.model import DeepLabV3
 
-    if args.unsplit:
-        Conv2D.MAX_OUTPUT_CHANNELS = None
     if args.direct:
         convolution.WINOGRAD_MAX_RATE = 0
-    emit({"record": "context", "benchmark": "layer_survey", "size": args.size, "unsplit": args.unsplit,
+    emit({"record": "context", "benchmark": "layer_survey", "size": args.size,
           "direct": args.direct, "repeats": args.repeats, **machine_info(args.threads)})
     keras.utils.set_random_seed(0)
     model = DeepLabV3(num_classes=21, backbone="resnet50_v1.5", preprocessing="torch", **TORCHVISION_CONFIG)
@@ -75,7 +71,7 @@ def main(argv=None):
     total = sum(row["ms"] for row in rows)
     emit({"record": "summary", "benchmark": "layer_survey", "layers_ms": total, "forward_ms": whole})
     print(f"\nLayer survey, R50 OS8 (torchvision structure, BN folded), {args.size}x{args.size}, batch 1, "
-          f"{args.threads} threads, median of {args.repeats}{', unsplit' if args.unsplit else ''}\n")
+          f"{args.threads} threads, median of {args.repeats}\n")
     print("| layer | kind | input | kernel | rate | ms | nominal GMAC | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -93,7 +93,7 @@ def build(side, mode, size, call, levers):
     import cases
 
     if side == "ours":
-        cases._library_switches(split_wide_convs="no_split" not in levers, winograd="no_winograd" not in levers)
+        cases._library_switches(winograd="no_winograd" not in levers)
         _training_levers(levers)
     if side == "torch":
         case = (cases.TorchInference(batch=1, size=size) if mode == "infer"
@@ -187,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our workers (repeatable)")
     parser.add_argument("--levers", default="", help="comma-separated; ours: atrous_native|shifted|winograd, "
                         "keep_tiles, keep_copies, jit (training: see _training_levers), no_winograd (direct 3x3 "
-                        "forms), no_split (2048-channel convolutions in one kernel), no_order (ops in the order TF's "
+                        "forms), no_order (ops in the order TF's "
                         "executor picks, "
                         "as before layers/ordering.py); both sides: no_jax (JAX made unimportable)")
     parser.add_argument("--torch-python", default="/tmp/torchenv/bin/python")

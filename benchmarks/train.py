@@ -22,7 +22,6 @@ from harness import (PEER_VARIANTS, add_run_arguments, add_suite_arguments, case
 # Our variants: name -> (KerasTrainStep kwargs, model kwargs, extra environment).
 OUR_VARIANTS = {
     "ours": ({}, {"atrous_implementation": "auto"}, {}),
-    "ours_unsplit": ({}, {"atrous_implementation": "auto", "split_wide_convs": False}, {}),
     "ours_direct": ({}, {"atrous_implementation": "auto", "winograd": False}, {}),
     "ours_native": ({}, {"atrous_implementation": "native"}, {}),
     "ours_shifted": ({}, {"atrous_variant": "shifted"}, {}),

@@ -139,10 +139,9 @@ def ops_on_weights_alone(graph):
 @pytest.mark.parametrize("layer", [
     AtrousConv2D(WINOGRAD_MIN_CHANNELS, 3, dilation_rate=2, implementation="winograd"),
     AtrousConv2D(8, 3, dilation_rate=6, implementation="shifted"),
-    Conv2D(Conv2D.MAX_OUTPUT_CHANNELS + 8, 1),
-], ids=["winograd", "shifted", "split"])
+], ids=["winograd", "shifted"])
 def test_kernel_work_waits_for_the_input(layer):
-    """Winograd's kernel transform, the shifted form's tap groups and a split kernel's parts run after the input
+    """Winograd's kernel transform and the shifted form's tap groups run after the input
     exists, not all at the start of a graph (where they would stay alive until their layers run)."""
     graph = graph_of(layer, [1, 17, 17, 8])
     assert ops_on_weights_alone(graph) == set()
@@ -160,6 +159,24 @@ def test_shifted_conv_copies_input_columns_one_after_another():
     assert len(copies) == 6  # 3 kernel rows x 2 trimmed taps
     for previous, copy in zip(copies, copies[1:]):
         assert copy.name in downstream(graph, {previous.name})
+
+
+def test_shifted_conv_runs_a_gemm_after_the_previous_products_are_summed():
+    """Each kernel row's GEMM starts once every part of the previous row's products has been shifted and added
+    (not merely computed): a layer holds one GEMM's products at a time."""
+    x = tf.TensorSpec([1, 11, 13, 5])
+    kernel = tf.constant(RNG.normal(size=(3, 3, 5, 4)).astype("float32"))
+    graph = tf.function(lambda x: shifted_conv(x, kernel, (4, 4), column_trim_ratio=10 ** 9)).get_concrete_function(
+        x).graph
+    gemms = [op for op in graph.get_operations() if op.type == "MatMul"]
+    assert len(gemms) == 3  # one per kernel row, its three taps side by side
+    for previous, gemm in zip(gemms, gemms[1:]):
+        from_previous_only = downstream(graph, {previous.name}) - downstream(graph, {gemm.name})
+        uses_of_products = [op for op in graph.get_operations()
+                            if op.name in from_previous_only and op.type in ("Slice", "Pad", "AddV2")]
+        assert uses_of_products
+        for use in uses_of_products:
+            assert gemm.name in downstream(graph, {use.name}), use.name
 
 
 @pytest.mark.parametrize("requested,kernel_size,rate,channels,dtype,size,expected", [
@@ -352,60 +369,6 @@ def numpy_conv_same(x, kernel, rate):
     return out
 
 
-def split_conv_and_reference(filters, use_bias, **kwargs):
-    """A library Conv2D and a Keras Conv2D holding the same random weights."""
-    ours = Conv2D(filters, use_bias=use_bias, **kwargs)
-    reference = keras.layers.Conv2D(filters, use_bias=use_bias, **kwargs)
-    for layer in (ours, reference):
-        layer.build((None, None, None, 5))
-    weights = [RNG.normal(size=w.shape).astype("float32") for w in ours.weights]
-    ours.set_weights(weights)
-    reference.set_weights(weights)
-    return ours, reference
-
-
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_conv2d_splits_wide_outputs_and_equals_keras(monkeypatch, use_bias):
-    """10 output channels over a limit of 4: three parts (4, 4, 2), outputs and gradients as Keras' Conv2D."""
-    monkeypatch.setattr(Conv2D, "MAX_OUTPUT_CHANNELS", 4)
-    ours, reference = split_conv_and_reference(10, use_bias, kernel_size=3, strides=2, padding="same",
-                                               activation="relu")
-    x = tf.constant(random_images((2, 9, 11, 5)))
-    graph = tf.function(ours).get_concrete_function(tf.TensorSpec([None, 9, 11, 5])).graph
-    assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 3
-    upstream = tf.constant(RNG.normal(size=(2, 5, 6, 10)).astype("float32"))
-
-    def outputs_and_gradients(layer):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x)
-            loss = tf.reduce_sum(y * upstream)
-        return [y, *tape.gradient(loss, [x] + [w.value for w in layer.weights])]
-
-    for got, want in zip(outputs_and_gradients(ours), outputs_and_gradients(reference)):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-5)
-
-
-def test_conv2d_within_the_limit_is_keras_conv2d():
-    ours, reference = split_conv_and_reference(Conv2D.MAX_OUTPUT_CHANNELS, True, kernel_size=1)
-    graph = tf.function(ours).get_concrete_function(tf.TensorSpec([1, 4, 4, 5])).graph
-    assert sum(op.type == "Conv2D" for op in graph.get_operations()) == 1
-    x = random_images((1, 4, 4, 5))
-    np.testing.assert_array_equal(ours(x), reference(x))
-
-
-def test_conv2d_does_not_split_grouped_convolutions(monkeypatch):
-    """Parts of the output channels would regroup the inputs, so grouped convolutions stay whole."""
-    monkeypatch.setattr(Conv2D, "MAX_OUTPUT_CHANNELS", 4)
-    ours = Conv2D(10, 1, groups=5)
-    reference = keras.layers.Conv2D(10, 1, groups=5)
-    for layer in (ours, reference):
-        layer.build((None, None, None, 5))
-    reference.set_weights(ours.get_weights())
-    x = random_images((1, 4, 4, 5))
-    np.testing.assert_array_equal(ours(x), reference(x))
-
-
 def randomize_batchnorm(bn):
     """Non-trivial gamma, beta, moving mean and variance, so that inference-mode BN is not the identity."""
     channels = bn.gamma.shape[0]
@@ -593,10 +556,8 @@ def test_batch_normalization_layer():
 
 
 def test_conv2d_layer():
-    """Wide enough to run in parts."""
-    run_layer_test(Conv2D, {"filters": Conv2D.MAX_OUTPUT_CHANNELS + 4, "kernel_size": 3, "strides": 2,
-                            "padding": "same", "activation": "relu"},
-                   random_images((2, 9, 11, 2)), expected_output_shape=(2, 5, 6, Conv2D.MAX_OUTPUT_CHANNELS + 4),
+    run_layer_test(Conv2D, {"filters": 6, "kernel_size": 3, "strides": 2, "padding": "same", "activation": "relu"},
+                   random_images((2, 9, 11, 2)), expected_output_shape=(2, 5, 6, 6),
                    expected_num_trainable_weights=2)
 
 

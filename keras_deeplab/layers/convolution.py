@@ -1,4 +1,4 @@
-"""Convolutions: Conv2D computing wide outputs in parts, and AtrousConv2D with the implementation chosen per call
+"""Convolutions: Conv2D (Keras') and AtrousConv2D with the implementation chosen per call
 by `choose_implementation`."""
 import keras
 from keras import ops
@@ -36,15 +36,6 @@ def choose_implementation(requested, kernel_size, rates, in_channels, out_channe
     return "native" if max(rates) <= NATIVE_MAX_RATE else "shifted"
 
 
-def _add_bias(x, bias):
-    """`x + bias` along the last axis; `tf.nn.bias_add` on the TF backend."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return tf.nn.bias_add(x, bias)
-    return x + bias
-
-
 def weight_when_needed(weight, inputs):
     """`weight` (a variable) read once `inputs` is computed. Ops on weights only (Winograd's kernel transform, the
     shifted form's tap groups, a split kernel's parts) are otherwise ready when a graph starts and run first,
@@ -54,31 +45,10 @@ def weight_when_needed(weight, inputs):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that computes more than MAX_OUTPUT_CHANNELS output channels in parts of at most that
-    many, concatenated: the same kernel variable and the same result (each output channel is its own dot product).
-
-    On the CPU measured in `benchmarks/`, TF's oneDNN kernel for 2048 output channels (ResNet's last-stage 1x1
-    convolutions) runs at about 110 GFLOP/s forward, two halves of 1024 at about 145 including the concat; the
-    backward is no slower. `MAX_OUTPUT_CHANNELS = None` turns the split off.
-    """
-
-    MAX_OUTPUT_CHANNELS = 1536
-
-    def call(self, inputs):
-        limit = self.MAX_OUTPUT_CHANNELS
-        if limit is None or self.filters <= limit or self.groups != 1 or self.data_format != "channels_last":
-            return super().call(inputs)
-        parts = -(-self.filters // limit)
-        size = -(-self.filters // parts)
-        bounds = list(range(size, self.filters, size))
-        kernels = ops.split(weight_when_needed(self.kernel, inputs), bounds, axis=-1)
-        outputs = [self.convolution_op(inputs, kernel) for kernel in kernels]
-        if self.use_bias:
-            # per part, before the concat: TF's grappler fuses Conv2D + BiasAdd (not + AddV2) into one kernel
-            biases = ops.split(weight_when_needed(self.bias, inputs), bounds)
-            outputs = [_add_bias(part, bias) for part, bias in zip(outputs, biases)]
-        outputs = ops.concatenate(outputs, axis=-1)
-        return outputs if self.activation is None else self.activation(outputs)
+    """`keras.layers.Conv2D` under the package's registered name, which the backbones' layers and saved models
+    carry. Until 2026-12-05 it computed more than 1536 output channels in parts, concatenated; one kernel now
+    measures as fast and needs no concatenation, which held a second copy of ResNet's widest outputs (-280 MiB of
+    peak memory at 1025x1025, benchmarks/memory.md)."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

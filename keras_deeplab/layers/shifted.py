@@ -100,30 +100,31 @@ def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):
     # Unstacked, not indexed: the gradient is one Pack instead of a kernel-sized StridedSliceGrad per tap.
     taps = [ops.unstack(row, axis=0) for row in ops.unstack(kernel, axis=0)]
     outputs = None
-    # The latest GEMM: each use of the input (a copy of rows or columns, a GEMM) comes after it, so that a layer has
-    # one copy alive at a time (in a TF graph they are otherwise all made at once when the input is ready: 160 MB in
-    # ASPP at 513x513).
+    # The latest sum: each use of the input (a copy of rows or columns, a GEMM) comes after the previous GEMM's
+    # products are added up, so that a layer has one copy and one GEMM's products alive at a time (in a TF graph
+    # they are otherwise all made at once when the input is ready: 160 MB of copies in ASPP at 513x513, and three
+    # GEMM outputs of 3x the layer's output with their split parts in ResNet's last stage at 1025x1025).
     last = None
     for i, dy in tap_offsets(kh, rh, static_h):
         # Output row y reads input row y + dy: only the rows that land inside the output are multiplied.
         rows = (lambda x, dy=dy: _inside(x, 1, dy, static_h, height)) if dy else (lambda x: x)
-        block = after(last, inputs)
         row_sum = None
         if grouped:
-            products = last = _matmul_of(rows, block,
-                                         ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
+            products = _matmul_of(rows, after(last, inputs),
+                                  ops.concatenate([taps[i][j] for j, _ in grouped], axis=-1))
             # split, not slices: its gradient is one concat rather than one zero-filled tensor per part
             parts = ops.split(products, len(grouped), axis=-1) if len(grouped) > 1 else [products]
             for part, (_, dx) in zip(parts, grouped):
                 if dx:
                     part = _shift_back(_inside(part, 2, dx, static_w, width), 2, dx, static_w, width)
                 row_sum = part if row_sum is None else row_sum + part
+            last = row_sum
         for j, dx in trimmed:
-            part = last = _matmul_of(lambda x, rows=rows, dx=dx: _inside(rows(x), 2, dx, static_w, width),
-                                     after(last, inputs), taps[i][j])
+            part = _matmul_of(lambda x, rows=rows, dx=dx: _inside(rows(x), 2, dx, static_w, width),
+                              after(last, inputs), taps[i][j])
             part = _shift_back(part, 2, dx, static_w, width)
-            row_sum = part if row_sum is None else row_sum + part
+            row_sum = last = part if row_sum is None else row_sum + part
         if dy:
             row_sum = _shift_back(row_sum, 1, dy, static_h, height)
-        outputs = row_sum if outputs is None else outputs + row_sum
+        outputs = last = row_sum if outputs is None else outputs + row_sum
     return outputs
