@@ -67,15 +67,12 @@ def _training_levers(levers):
     the others as "auto" picks); `keep_tiles` (Winograd's gradient as before: TF's, keeping the transformed tiles);
     `keep_copies` (the same for the shifted form's copies of input rows and columns); `jit` (the train function
     compiled by XLA)."""
-    from keras import ops
-
-    from keras_deeplab.layers import convolution, shifted, winograd
+    from keras_deeplab.layers import convolution, recompute, shifted, winograd
 
     if "keep_tiles" in levers:  # Winograd's transformed tiles and kernels kept for the backward, as TF's gradient does
-        winograd._products = lambda transformed, padded, kernel: ops.stack(
-            [ops.matmul(a, b) for a, b in zip(*transformed(padded, kernel))])
+        winograd.recomputed_products = recompute.products
     if "keep_copies" in levers:  # the shifted form's row and column copies kept for the backward (TF's gradient)
-        shifted._matmul_of = lambda function, x, kernel: ops.matmul(function(x), kernel)
+        shifted.recomputed_products = recompute.products
     forced = [lever.partition("_")[2] for lever in levers if lever.startswith("atrous_")]
     if forced:
         choose, implementation = convolution.choose_implementation, forced[0]

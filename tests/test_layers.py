@@ -284,17 +284,14 @@ def _gradients_and_kept(convolution, x, kernel, dy):
 def test_winograd_gradient_computes_the_transforms_again(monkeypatch):
     """The backward keeps no transformed tiles or kernels (the forward's Unpack results): it transforms the padded
     input and the kernel again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
-    from keras import ops
-
-    from keras_deeplab.layers import winograd
+    from keras_deeplab.layers import recompute, winograd
 
     x, kernel = random_images((2, 17, 19, 6)), random_images((3, 3, 6, 5))
     dy = random_images((2, 17, 19, 5))
     convolution = functools.partial(winograd_conv, rates=(2, 2))
     got, kept = _gradients_and_kept(convolution, x, kernel, dy)
     assert "Unpack" not in kept, kept
-    monkeypatch.setattr(winograd, "_products", lambda transformed, padded, kernel: ops.stack(
-        [ops.matmul(a, b) for a, b in zip(*transformed(padded, kernel))]))
+    monkeypatch.setattr(winograd, "recomputed_products", recompute.products)
     want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
     assert "Unpack" in kept_by_tf, kept_by_tf
     for g, w in zip(got, want):
@@ -304,16 +301,14 @@ def test_winograd_gradient_computes_the_transforms_again(monkeypatch):
 def test_shifted_conv_gradient_copies_the_input_again(monkeypatch):
     """The backward keeps no copies of input rows or columns (the forward's Slice results): it copies them from the
     input again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
-    from keras import ops
-
-    from keras_deeplab.layers import shifted
+    from keras_deeplab.layers import recompute, shifted
 
     x, kernel = random_images((2, 9, 11, 6)), random_images((3, 3, 6, 5))
     dy = random_images((2, 9, 11, 5))
     convolution = functools.partial(shifted_conv, rates=(3, 3), column_trim_ratio=1)  # trimmed taps too
     got, kept = _gradients_and_kept(convolution, x, kernel, dy)
     assert "Slice" not in kept, kept
-    monkeypatch.setattr(shifted, "_matmul_of", lambda function, x, kernel: ops.matmul(function(x), kernel))
+    monkeypatch.setattr(shifted, "recomputed_products", recompute.products)
     want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
     assert "Slice" in kept_by_tf, kept_by_tf
     for g, w in zip(got, want):

@@ -6,11 +6,11 @@ side; the products are shifted into place by their column offsets and summed. Ro
 and whole taps whose shift is at least the feature size (paper, Figure 4), are skipped. Exact; measured in
 `benchmarks/` (README there).
 """
-import keras
 from keras import ops
 
 from keras_deeplab.layers.ordering import after
 from keras_deeplab.layers.preprocessing import spatial_size
+from keras_deeplab.layers.recompute import recomputed_products
 
 # Give a tap its own GEMM on the columns inside the map when |dx| * filters >= ratio * (width - |dx|):
 # 64 trims ASPP's rates 24/36 but not 12 at 65x65 (and 12/18 but not 6 at 33x33), the fastest forward +
@@ -57,31 +57,9 @@ def _shift_back(x, axis, shift, static_size, size):
 
 
 def _matmul_of(function, x, kernel):
-    """`function(x) @ kernel` (a GEMM over the last axis). On TF the gradient keeps `x` and `kernel` only and calls
-    `function` again, instead of keeping its result (here a copy of the rows or columns of `x` inside the map) from
-    the forward pass until the backward (ASPP's copies: about 250 MiB in a training step at crop 321; the step's
-    peak fell by 140-220 MiB, benchmarks/memory.md, "Training memory"). The same ops as TF's own gradient of the
-    GEMM: the same numbers to float rounding."""
-    if keras.backend.backend() != "tensorflow":
-        return ops.matmul(function(x), kernel)
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def product(x, kernel):
-        def gradient(dy):
-            inputs = [after(dy, x), after(dy, kernel)]  # late, and not merged with the forward's copy by grappler
-            with tf.GradientTape() as tape:
-                tape.watch(inputs[0])
-                block = function(inputs[0])
-            rows = tf.reshape(block, (-1, kernel.shape[0]))
-            dy_rows = tf.reshape(dy, (-1, kernel.shape[1]))
-            d_kernel = tf.matmul(rows, dy_rows, transpose_a=True)
-            d_block = tf.reshape(tf.matmul(dy_rows, inputs[1], transpose_b=True), tf.shape(block))
-            return tape.gradient(block, inputs[0], output_gradients=d_block), d_kernel
-
-        return ops.matmul(function(x), kernel), gradient
-
-    return product(tf.convert_to_tensor(x), tf.convert_to_tensor(kernel))
+    """`function(x) @ kernel` (a GEMM over the last axis), whose gradient copies the rows or columns of `x` again
+    (`function`) instead of keeping the copy."""
+    return recomputed_products(lambda x, kernel: ([function(x)], [kernel]), x, kernel)[0]
 
 
 def shifted_conv(inputs, kernel, rates, column_trim_ratio=COLUMN_TRIM_RATIO):

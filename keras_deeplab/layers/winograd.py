@@ -1,11 +1,10 @@
 """A stride-1, 'same'-padded 3x3 (atrous) convolution as F(4x4, 3x3) Winograd (Lavin & Gray, 2016): 4x fewer
 multiplications than the taps, exact up to float rounding (10-20x the direct convolution's)."""
-import keras
 import numpy as np
 from keras import ops
 
-from keras_deeplab.layers.ordering import after
 from keras_deeplab.layers.preprocessing import spatial_size
+from keras_deeplab.layers.recompute import recomputed_products
 
 # Each 4x4 output tile from a 6x6 input tile.
 WINOGRAD_OUTPUTS, WINOGRAD_INPUTS = 4, 6
@@ -50,40 +49,6 @@ def _transform(matrix, x):
     return ops.reshape(y, (matrix.shape[0],) + tuple(shape[1:]))
 
 
-def _products(transformed, padded, kernel):
-    """The 36 GEMMs `d[i] @ g[i]` (stacked) of `d, g = transformed(padded, kernel)`: 36 GEMMs, not one batched
-    matmul (TF's CPU BatchMatMul runs these shapes at about half the speed).
-
-    On TF the gradient keeps only `padded` and `kernel` and computes the transforms again (a gather and two small
-    GEMMs, against the 36 large ones), instead of keeping the transformed tiles (2.25x the input) and kernels (4x the
-    kernel) from the forward pass until the backward (about 250 MiB in a training step at crop 321; the step's peak
-    fell by 110-200 MiB, benchmarks/memory.md, "Training memory"). The same ops as TF's own MatMul gradient: the
-    same numbers to float rounding."""
-    if keras.backend.backend() != "tensorflow":
-        d, g = transformed(padded, kernel)
-        return ops.stack([ops.matmul(a, b) for a, b in zip(d, g)])
-    import tensorflow as tf
-
-    @tf.custom_gradient
-    def products(padded, kernel):
-        d, g = transformed(padded, kernel)
-
-        def gradient(dy):
-            # after dy: run late, and not merged with the forward's transforms by grappler's common subexpressions
-            inputs = [after(dy, padded), after(dy, kernel)]
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                d, g = transformed(*inputs)
-            dys = tf.unstack(dy)
-            dd = [tf.matmul(part, b, transpose_b=True) for part, b in zip(dys, g)]
-            dg = [tf.matmul(a, part, transpose_a=True) for a, part in zip(d, dys)]
-            return tape.gradient(d + g, inputs, output_gradients=dd + dg)
-
-        return tf.stack([tf.matmul(a, b) for a, b in zip(d, g)]), gradient
-
-    return products(tf.convert_to_tensor(padded), tf.convert_to_tensor(kernel))
-
-
 def _winograd_region(padded, kernel, rates, tiles):
     """The outputs [0, 4 * rate_h * tiles_h) x [0, 4 * rate_w * tiles_w) of a stride-1 'same' 3x3 convolution with
     dilation `rates`, from its input zero-padded by the rates: F(4x4, 3x3) Winograd on each phase of the dilation.
@@ -106,7 +71,9 @@ def _winograd_region(padded, kernel, rates, tiles):
         g = ops.unstack(_transform(WINOGRAD_KERNEL, ops.reshape(kernel, (9, channels, filters))), axis=0)
         return d, g
 
-    y = _products(transformed, padded, kernel)
+    # 36 GEMMs, not one batched matmul (TF's CPU BatchMatMul runs these shapes at about half the speed); the
+    # gradient transforms again rather than keeping the tiles (2.25x the input) and kernels (4x the kernel)
+    y = ops.stack(recomputed_products(transformed, padded, kernel))
     m = WINOGRAD_OUTPUTS
     y = ops.reshape(_transform(WINOGRAD_OUTPUT, y), (m, m, tiles_h, rate_h, tiles_w, rate_w, batch, filters))
     y = ops.transpose(y, (6, 2, 0, 3, 4, 1, 5, 7))  # [b, tiles_h, 4, rate_h, tiles_w, 4, rate_w, f]
