@@ -9,10 +9,8 @@ import json
 import math
 import os
 import shutil
-import struct
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +24,8 @@ from keras_deeplab import export
 from keras_deeplab.serving import TFServingClient, TFServingError
 from keras_deeplab.serving import images, json_tensor
 from helpers.model_server import deeplab_serve, free_port
-from helpers.serving_models import CAMVID_FILES, camvid_frames, camvid_pixels, keras_reference, png_bytes, tiny_deeplab
+from helpers.serving_models import (CAMVID_FILES, camvid_frames, camvid_pixels, keras_reference, png_bytes,
+                                    png_declaring, tiny_deeplab)
 
 MAX_LONG_SIDE = 128
 MAX_BODY_BYTES = 1_000_000
@@ -144,16 +143,6 @@ def test_versions_path_status_and_metadata(server, references):
     assert serving["inputs"]["image_bytes"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}]
     assert sorted(serving["outputs"]) == ["image_size", "label_png_bytes", "labels"]
     assert signatures["predict_images"]["inputs"]["images"]["dtype"] == "DT_UINT8"
-
-
-def png_declaring(width, height):
-    """A valid, tiny PNG file (a few hundred bytes) whose header declares a `width` x `height` RGB image."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
 
 
 PNG_BOMB = png_declaring(10000, 10000)  # 1e8 pixels: 300 MB decoded, more than the default 64 megapixels
@@ -635,13 +624,13 @@ def test_image_dimensions_read_from_headers():
     inputs = {"image_bytes": np.array([cases["PNG", ()], b"text", PNG_BOMB], object),
               "other": np.zeros((2, 2), np.float32)}
     with pytest.raises(json_tensor.ServingError, match="item 2 is a PNG image of 10000x10000") as caught:
-        json_tensor.check_image_pixels(inputs, json_tensor.DEFAULT_MAX_IMAGE_PIXELS)
+        json_tensor.check_image_pixels(json_tensor.image_headers(inputs), json_tensor.DEFAULT_MAX_IMAGE_PIXELS)
     assert caught.value.status == 400
-    json_tensor.check_image_pixels(inputs, 0)  # no limit
-    json_tensor.check_image_pixels(inputs, 10**8)  # exactly at the limit is allowed
+    json_tensor.check_image_pixels(json_tensor.image_headers(inputs), 0)  # no limit
+    json_tensor.check_image_pixels(json_tensor.image_headers(inputs), 10**8)  # exactly at the limit is allowed
     # Past Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) the header is not measured: refused.
     with pytest.raises(json_tensor.ServingError, match="item 0 declares more pixels than Pillow's") as caught:
-        json_tensor.check_image_pixels({"image_bytes": np.array([png_declaring(20000, 20000)], object)}, 10**9)
+        json_tensor.image_headers({"image_bytes": np.array([png_declaring(20000, 20000)], object)})
     assert caught.value.status == 400
 
 

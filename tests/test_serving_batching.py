@@ -13,8 +13,8 @@ import pytest
 
 from keras_deeplab.serving.batching import (QUEUE_FULL_MESSAGE, BatchingOptions, BatchScheduler,
                                             read_batching_parameters)
-from keras_deeplab.serving.json_tensor import ServingError
-from helpers.serving_models import camvid_pixels, CAMVID_FILES, png_bytes
+from keras_deeplab.serving.json_tensor import ServingError, image_headers
+from helpers.serving_models import camvid_pixels, CAMVID_FILES, png_bytes, png_declaring
 
 
 class RecordingServable:
@@ -118,11 +118,27 @@ def test_tasks_that_differ_in_shape_or_image_size_never_share_a_batch():
     assert [r["y"].shape for r in results] == [(1, 2), (1, 3), (1, 2)]
     from keras_deeplab.serving.batching import compatibility_key
 
+    def key_of(image):
+        inputs = {"image_bytes": np.array([image], object)}
+        return compatibility_key(inputs, image_headers(inputs))
+
     small, large = (png_bytes(np.zeros(shape, np.uint8)) for shape in ((4, 6, 3), (5, 6, 3)))
-    key = compatibility_key({"image_bytes": np.array([small], object)})
-    assert key == compatibility_key({"image_bytes": np.array([png_bytes(np.ones((4, 6, 3), np.uint8))], object)})
-    assert key != compatibility_key({"image_bytes": np.array([large], object)})
-    assert compatibility_key({"image_bytes": np.array([b"not an image"], object)}) is None
+    assert key_of(small) == key_of(png_bytes(np.ones((4, 6, 3), np.uint8)))
+    assert key_of(small) != key_of(large)
+    assert key_of(b"not an image") is None
+
+
+def test_an_image_past_pillows_limit_is_refused_with_400_before_it_queues():
+    """With batching the header is read for the batch key even without --max_image_pixels: an image declaring more
+    pixels than Pillow's decompression-bomb limit is a client error naming the item, not a server error."""
+    servable = RecordingServable()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=1000, num_batch_threads=1))
+    try:
+        with pytest.raises(ServingError, match="item 0 declares more pixels than Pillow's") as caught:
+            scheduler.run(servable, "serving_default", {"image_bytes": np.array([png_declaring(20000, 20000)], object)})
+    finally:
+        scheduler.stop()
+    assert caught.value.status == 400 and servable.batches == []
 
 
 def test_batching_parameters_file(tmp_path):

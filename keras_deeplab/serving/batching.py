@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from keras_deeplab.serving.images import image_dimensions
-from keras_deeplab.serving.json_tensor import ServingError
+from keras_deeplab.serving.json_tensor import ServingError, image_headers
 
 # TF Serving's messages (tensorflow/core/kernels/batching_util/shared_batch_scheduler.h, batching_session.cc).
 QUEUE_FULL_MESSAGE = "The batch scheduling queue to which this task was submitted is full"
@@ -102,16 +101,16 @@ def batch_rows(inputs):
     return next(iter(sizes.values()))
 
 
-def compatibility_key(inputs):
+def compatibility_key(inputs, headers):
     """What tasks must share to run in one batch without changing anyone's answer: each input's dtype and
-    non-batch shape, and for encoded images the largest height and width (None when an item is not a readable
-    image: such a task runs in a batch of its own)."""
+    non-batch shape, and for encoded images (their `headers`, from `image_headers`) the largest height and width
+    (None when an item is not a readable image: such a task runs in a batch of its own)."""
     key = []
     for name in sorted(inputs):
         array = np.asarray(inputs[name])
         part = (name, array.dtype.str, array.shape[1:])
         if array.dtype == object:
-            sizes = [image_dimensions(item) if isinstance(item, bytes) else None for item in array.ravel()]
+            sizes = headers[name]
             if None in sizes:
                 return None
             part += (max(height for _, _, height in sizes), max(width for _, width, _ in sizes))
@@ -160,13 +159,14 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def run(self, servable, signature_name, inputs, timeout_ms=None, model_name=""):
-        """Runs `servable.run(signature_name, inputs)` as part of a batch and returns this task's outputs."""
+    def run(self, servable, signature_name, inputs, timeout_ms=None, model_name="", headers=None):
+        """Runs `servable.run(signature_name, inputs)` as part of a batch and returns this task's outputs.
+        `headers`: the inputs' `image_headers`, where the caller read them already."""
         rows = batch_rows(inputs)
         if rows > self.options.max_batch_size:
             raise ServingError(f"Task size {rows} is larger than maximum input batch size "
                                f"{self.options.max_batch_size}", 400)
-        compatible = compatibility_key(inputs)
+        compatible = compatibility_key(inputs, image_headers(inputs) if headers is None else headers)
         queue_key = (id(servable), signature_name, compatible if compatible is not None else next(self._unique))
         task = _Task(inputs, rows)
         with self._condition:

@@ -594,24 +594,35 @@ def _nest(strings):
     return "[" + ",".join(_nest(row) for row in strings) + "]"
 
 
-def check_image_pixels(inputs, max_pixels):
-    """Raises ServingError (400) if an encoded image in a DT_STRING input (an object array of bytes in `inputs`,
-    {name: array}) declares more than `max_pixels` pixels in its header; None or 0: no limit."""
-    if not max_pixels:
-        return
+def image_headers(inputs):
+    """{input name: [(format, width, height), or None where an item is not a readable image header]} of the encoded
+    images in the DT_STRING inputs (object arrays of bytes in `inputs`, {name: array}), read once per request for
+    the pixel limit and for batching. ServingError (400) for an image past Pillow's decompression-bomb limit."""
+    headers = {}
     for name, array in inputs.items():
         array = np.asarray(array)
         if array.dtype != object:
             continue
+        headers[name] = []
         for index, item in enumerate(array.ravel()):
             try:
-                found = image_dimensions(item) if isinstance(item, bytes) else None
+                headers[name].append(image_dimensions(item) if isinstance(item, bytes) else None)
             except Image.DecompressionBombError:
                 raise ServingError(f"Image too large: input {name} item {index} declares more pixels than Pillow's "
                                    f"decompression-bomb limit ({2 * Image.MAX_IMAGE_PIXELS}); send a smaller "
                                    "image") from None
-            if found is not None and found[1] * found[2] > max_pixels:
-                kind, width, height = found
+    return headers
+
+
+def check_image_pixels(headers, max_pixels):
+    """Raises ServingError (400) if an image in `headers` (`image_headers`) declares more than `max_pixels`
+    pixels; None or 0: no limit."""
+    if not max_pixels:
+        return
+    for name, found in headers.items():
+        for index, header in enumerate(found):
+            if header is not None and header[1] * header[2] > max_pixels:
+                kind, width, height = header
                 raise ServingError(f"Image too large: input {name} item {index} is a {kind} image of "
                                    f"{width}x{height} = {width * height} pixels, more than the server's "
                                    f"--max_image_pixels {max_pixels}; send a smaller image")

@@ -4,7 +4,8 @@ request counted in the `ServingMetrics` (model, version, signature, API, entry p
 """
 import time
 
-from keras_deeplab.serving.json_tensor import DEFAULT_MAX_IMAGE_PIXELS, ServingError, check_image_pixels
+from keras_deeplab.serving.json_tensor import (DEFAULT_MAX_IMAGE_PIXELS, ServingError, check_image_pixels,
+                                               image_headers)
 
 
 class PredictionService:
@@ -40,11 +41,12 @@ class PredictionService:
                 record["version"] = servable.version
                 signature_name, inputs = parse(servable)
                 record["signature"] = signature_name
-                check_image_pixels(inputs, self.max_image_pixels)
+                headers = image_headers(inputs) if self.max_image_pixels or self.scheduler is not None else {}
+                check_image_pixels(headers, self.max_image_pixels)
                 if self.scheduler is None:
                     outputs = servable.run(signature_name, inputs, timeout_ms=self.timeout_ms)
                 else:
-                    outputs = self.scheduler.run(servable, signature_name, inputs, self.timeout_ms, name)
+                    outputs = self.scheduler.run(servable, signature_name, inputs, self.timeout_ms, name, headers)
             finally:
                 servable.release()
             return servable.version, signature_name, outputs

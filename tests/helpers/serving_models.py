@@ -1,6 +1,8 @@
 """A small DeepLabV3 with informative outputs, CamVid frames (from the repository's sample_data) and a Keras-only
 reference, for the export and serving tests."""
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import keras
@@ -49,6 +51,16 @@ def png_bytes(pixels):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png_declaring(width, height):
+    """A valid, tiny PNG file (a few hundred bytes) whose header declares a `width` x `height` RGB image."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
 
 
 def keras_reference(model, pixels, max_long_side=None):
