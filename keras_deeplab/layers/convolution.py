@@ -38,8 +38,8 @@ def choose_implementation(requested, kernel_size, rates, in_channels, out_channe
 
 def weight_when_needed(weight, inputs):
     """`weight` (a variable) read once `inputs` is computed. Ops on weights only (Winograd's kernel transform, the
-    shifted form's tap groups, a split kernel's parts) are otherwise ready when a graph starts and run first,
-    and their results then all stay alive until their layers run (Winograd's is 4x the kernel)."""
+    shifted form's tap groups) are otherwise ready when a graph starts and run first, and their results then all
+    stay alive until their layers run (Winograd's is 4x the kernel)."""
     return after(inputs, ops.convert_to_tensor(weight))
 
 
