@@ -113,6 +113,21 @@ def test_shifted_conv_of_one_image_equals_keras(run, trim_ratio):
     assert_same_outputs_and_gradients(run(conv), (1, 11, 13, 5), (3, 3, 5, 4), (4, 4), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec", [[None, 11, 13, 5], [None, None, None, 5]], ids=["batch", "batch_and_size"])
+def test_shifted_conv_with_an_unknown_batch_equals_keras_for_one_image_and_several(spec):
+    """Traced for an unknown batch size (Keras' fit, an exported signature), the row slices choose at run time:
+    the [rows, row] view for one image, copies for several. Both give Keras' outputs and gradients."""
+    def conv(x, kernel, rates):
+        return tf.function(lambda x, kernel: shifted_conv(x, kernel, rates, column_trim_ratio=0),
+                           input_signature=[tf.TensorSpec(spec), tf.TensorSpec(kernel.shape)])(x, kernel)
+
+    graph = tf.function(lambda x: shifted_conv(x, tf.zeros([3, 3, 5, 4]), (4, 4))).get_concrete_function(
+        tf.TensorSpec(spec)).graph
+    assert any(op.type in ("If", "StatelessIf") for op in graph.get_operations())
+    for batch in (1, 2):
+        assert_same_outputs_and_gradients(conv, (batch, 11, 13, 5), (3, 3, 5, 4), (4, 4), atol=1e-4, rtol=1e-5)
+
+
 def graph_of(layer, shape):
     """The graph of `layer` traced for inputs of `shape`."""
     layer.build((None, None, None, shape[-1]))

@@ -32,17 +32,25 @@ def _inside(x, axis, shift, static_size, size):
     """
     if static_size is not None:
         start, length = max(0, shift), static_size - abs(shift)
-        if axis == 1 and x.shape[0] == 1 and None not in x.shape:
-            # One image's rows are one block of memory: sliced along the leading axis of a [rows, row] view,
-            # TF's Slice returns that block without copying (ASPP's input: 2048 channels, two row slices per rate).
-            rows = ops.reshape(x, (x.shape[1], -1))
-            return ops.reshape(ops.slice(rows, [start, 0], [length, rows.shape[1]]), (1, length) + x.shape[2:])
     else:  # |shift| >= size leaves nothing
         start, length = ops.minimum(max(0, shift), size), ops.maximum(size - abs(shift), 0)
     shape = ops.shape(x)
     begin = [0, 0, 0, 0]
     begin[axis] = start
-    return ops.slice(x, begin, [length if a == axis else shape[a] for a in range(4)])
+
+    def copy():
+        return ops.slice(x, begin, [length if a == axis else shape[a] for a in range(4)])
+
+    def view():
+        # One image's rows are one block of memory: sliced along the leading axis of a [rows, row] view, TF's Slice
+        # returns that block without copying (ASPP's input: 2048 channels, two row slices per rate).
+        rows = ops.reshape(x, (shape[1], -1))
+        return ops.reshape(ops.slice(rows, [start, 0], [length, ops.shape(rows)[1]]), (1, length, shape[2], shape[3]))
+
+    if axis != 1 or x.shape[0] not in (1, None):
+        return copy()
+    # A batch of unknown size (Keras' fit and evaluate, an exported signature) is most often one image.
+    return view() if x.shape[0] == 1 else ops.cond(ops.equal(shape[0], 1), view, copy)
 
 
 def _shift_back(x, axis, shift, static_size, size):
