@@ -8,8 +8,9 @@ in a fresh process.
 Ours is the torchvision-compatible R50 OS8 (`deeplabv3_resnet50_coco_voc`'s architecture, randomly initialised;
 memory does not depend on the weights); in inference float32 with BatchNorm folded, as served, and only the folded
 model kept; the peer is torchvision's deeplabv3_resnet50 (cases.py builds both). Inference: batch 1, one
-`model.predict` (`--call function`: the `tf.function` cases.KerasInference times). Training: batch 2, the loss and
-optimizer of cases.KerasTrainStep / TorchTrainStep. Each worker prints one JSON line: RSS (MiB) after the imports,
+`model.predict` (`--call function`: the `tf.function` cases.KerasInference times; `--call dynamic`: traced for any
+batch and size, as the export traces it). Training: batch 2, the loss and optimizer of cases.KerasTrainStep /
+TorchTrainStep. Each worker prints one JSON line: RSS (MiB) after the imports,
 after building, after each call, VmHWM (the peak), the wall and CPU time of each call, for ours what TF's pooled
 allocator holds and its peak; the driver runs the sides
 alternately, `--repeats` times, and prints medians. `--env KEY=VALUE` (repeatable) sets levers for our workers.
@@ -57,7 +58,9 @@ def our_inference(size, call):
     images = random_images(1, size)
     if call == "predict":
         return lambda: model.predict(images, batch_size=1, verbose=0), model
-    forward = tf.function(lambda x: model(x, training=False))
+    # "dynamic": traced for any batch and size, as the export traces the model (`export/signatures.py`)
+    signature = [tf.TensorSpec([None, None, None, 3], tf.float32)] if call == "dynamic" else None
+    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
     tensor = tf.constant(images)
     return lambda: forward(tensor), model
 
@@ -179,7 +182,8 @@ def main(argv=None):
     parser.add_argument("--sides", default="ours,torch")
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per side and size, alternating")
     parser.add_argument("--calls", type=int, default=1, help="calls per process (the peak covers all)")
-    parser.add_argument("--call", choices=("predict", "function"), default="predict", help="our inference call")
+    parser.add_argument("--call", choices=("predict", "function", "dynamic"), default="predict",
+                        help="our inference call (dynamic: a tf.function for any batch and size, as exported)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our workers (repeatable)")
     parser.add_argument("--levers", default="", help="comma-separated; ours: atrous_native|shifted|winograd, "
