@@ -296,36 +296,24 @@ def _gradients_and_kept(convolution, x, kernel, dy):
     return [np.asarray(g) for g in gradients(x, kernel, dy)], kept
 
 
-def test_winograd_gradient_computes_the_transforms_again(monkeypatch):
-    """The backward keeps no transformed tiles or kernels (the forward's Unpack results): it transforms the padded
-    input and the kernel again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
-    from keras_deeplab.layers import recompute, winograd
+@pytest.mark.parametrize("form,convolution,x_shape,kept_op", [
+    ("winograd", functools.partial(winograd_conv, rates=(2, 2)), (2, 17, 19, 6), "Unpack"),
+    ("shifted", functools.partial(shifted_conv, rates=(3, 3), column_trim_ratio=1), (2, 9, 11, 6), "Slice"),
+], ids=["winograd", "shifted"])
+def test_gradient_makes_the_gemm_operands_again(monkeypatch, form, convolution, x_shape, kept_op):
+    """The backward keeps none of the GEMMs' operands made from the input (Winograd's transformed tiles and
+    kernels, the forward's Unpack results; the shifted form's copies of input rows and columns, its Slice results,
+    trimmed taps included): it makes them again from the input, and its gradients are TF's own (the GEMMs'
+    gradients kept from the forward)."""
+    from keras_deeplab.layers import recompute, shifted, winograd
 
-    x, kernel = random_images((2, 17, 19, 6)), random_images((3, 3, 6, 5))
-    dy = random_images((2, 17, 19, 5))
-    convolution = functools.partial(winograd_conv, rates=(2, 2))
+    x, kernel = random_images(x_shape), random_images((3, 3, 6, 5))
+    dy = random_images(x_shape[:3] + (5,))
     got, kept = _gradients_and_kept(convolution, x, kernel, dy)
-    assert "Unpack" not in kept, kept
-    monkeypatch.setattr(winograd, "recomputed_products", recompute.products)
+    assert kept_op not in kept, kept
+    monkeypatch.setattr({"winograd": winograd, "shifted": shifted}[form], "recomputed_products", recompute.products)
     want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
-    assert "Unpack" in kept_by_tf, kept_by_tf
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
-
-
-def test_shifted_conv_gradient_copies_the_input_again(monkeypatch):
-    """The backward keeps no copies of input rows or columns (the forward's Slice results): it copies them from the
-    input again, and its gradients are TF's own (the GEMMs' gradients kept from the forward)."""
-    from keras_deeplab.layers import recompute, shifted
-
-    x, kernel = random_images((2, 9, 11, 6)), random_images((3, 3, 6, 5))
-    dy = random_images((2, 9, 11, 5))
-    convolution = functools.partial(shifted_conv, rates=(3, 3), column_trim_ratio=1)  # trimmed taps too
-    got, kept = _gradients_and_kept(convolution, x, kernel, dy)
-    assert "Slice" not in kept, kept
-    monkeypatch.setattr(shifted, "recomputed_products", recompute.products)
-    want, kept_by_tf = _gradients_and_kept(convolution, x, kernel, dy)
-    assert "Slice" in kept_by_tf, kept_by_tf
+    assert kept_op in kept_by_tf, kept_by_tf
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
 
