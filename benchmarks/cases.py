@@ -404,11 +404,10 @@ class KerasTrainStep:
 
         if mixed_precision:
             keras.mixed_precision.set_global_policy(mixed_precision)
-        from keras_deeplab.training.recipe import add_weight_decay, poly_schedule, segmentation_loss
+        from keras_deeplab.training.recipe import segmentation_loss, sgd
 
         self.model = build_model(**(model_kwargs or {}))
-        add_weight_decay(self.model, 1e-4)
-        self.model.compile(optimizer=keras.optimizers.SGD(poly_schedule(0.007, 30000), momentum=0.9),
+        self.model.compile(optimizer=sgd(steps=30000),
                            loss=segmentation_loss(IGNORE_LABEL), jit_compile=jit_compile)
         self.images = random_images(batch, size)
         self.labels = random_labels(batch, size)

@@ -70,11 +70,12 @@ def test_mirrored_strategy_on_two_logical_cpus_with_synchronized_bn(synthetic_di
         assert list((tmp_path / "logs" / part).glob("events.out.tfevents.*"))
 
 
-BATCH_NORM_SCRIPT = textwrap.dedent("""
+MIRRORED_SCRIPT = textwrap.dedent("""
     import json
     import keras
     import numpy as np
     import tensorflow as tf
+    from keras_deeplab.training.recipe import SGDWithL2
     from keras_deeplab.training.strategy import get_strategy
 
     strategy = get_strategy("mirrored", logical_cpus=2)
@@ -88,12 +89,20 @@ BATCH_NORM_SCRIPT = textwrap.dedent("""
             model.compile(keras.optimizers.SGD(0.0), loss="mse")
         model.fit(x, np.zeros_like(x), batch_size=8, epochs=1, shuffle=False, verbose=0)
         result[str(synchronized)] = [bn.moving_mean.numpy().tolist(), bn.moving_variance.numpy().tolist()]
+    with strategy.scope():  # weight decay alone (a loss with zero gradient), applied once per step
+        conv = keras.layers.Conv2D(2, 1)
+        model = keras.Sequential([keras.Input((1, 1, 3)), conv])
+        model.compile(SGDWithL2(0.1, l2=0.5), loss=lambda y, p: 0.0 * keras.ops.sum(p))
+    kernel, bias = conv.kernel.numpy(), conv.bias.numpy()
+    model.fit(x.reshape(8, 1, 1, 3), np.zeros((8, 1, 1, 2)), batch_size=8, epochs=1, verbose=0)
+    result["decay"] = [(conv.kernel.numpy() / kernel).tolist(), (conv.bias.numpy() - bias).tolist()]
     print(json.dumps(result))
 """)
 
 
-def test_synchronized_batch_norm_uses_the_global_batch_statistics():
-    result = run([sys.executable, "-c", BATCH_NORM_SCRIPT], timeout=200)
+def test_synchronized_batch_norm_and_weight_decay_across_replicas():
+    """Synchronized BatchNorm uses the global batch's statistics; SGDWithL2 decays each kernel once per step."""
+    result = run([sys.executable, "-c", MIRRORED_SCRIPT], timeout=200)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["replicas"] == 2
@@ -105,3 +114,6 @@ def test_synchronized_batch_norm_uses_the_global_batch_statistics():
     # Not synchronized (Keras 3.15): each replica updates its own copy; the first replica's is read and saved.
     np.testing.assert_allclose(stats["False"][0], x[:4].mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["False"][1], x[:4].var(0), rtol=1e-4)
+    kernel_ratio, bias_change = (np.array(v) for v in stats["decay"])
+    np.testing.assert_allclose(kernel_ratio, 1 - 0.1 * 0.5, rtol=1e-6)  # w -= lr * l2 * w, not twice
+    np.testing.assert_array_equal(bias_change, 0.0)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.graphs import downstream
 from helpers.layer_test import run_layer_test
 from keras_deeplab.layers import ASPP, AtrousConv2D, BatchNormalization, Conv2D, ImagePreprocessing, ResizeLike
 from keras_deeplab.layers.convolution import (IMPLEMENTATIONS, NATIVE_MAX_RATE, WINOGRAD_MAX_RATE,
@@ -132,15 +133,6 @@ def graph_of(layer, shape):
     """The graph of `layer` traced for inputs of `shape`."""
     layer.build((None, None, None, shape[-1]))
     return tf.function(layer).get_concrete_function(tf.TensorSpec(shape)).graph
-
-
-def downstream(graph, sources):
-    """Names of the ops of `graph` computed from an op in `sources` (names), through data or control edges."""
-    reached = set(sources)
-    for op in graph.get_operations():  # in creation order, which is topological
-        if any(t.op.name in reached for t in op.inputs) or any(c.name in reached for c in op.control_inputs):
-            reached.add(op.name)
-    return reached
 
 
 def ops_on_weights_alone(graph):

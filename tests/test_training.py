@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.graphs import downstream
 from helpers.training_data import CLASS_NAMES
 from keras_deeplab import DeepLabV3
 from keras_deeplab.data.pipeline import eval_dataset
@@ -94,23 +95,56 @@ def test_poly_schedule_follows_the_formula_and_serializes():
         recipe.poly_schedule(0.007, 0)
 
 
-def test_weight_decay_is_an_l2_penalty_on_conv_kernels_only():
+def test_weight_decay_is_the_gradient_of_an_l2_penalty_on_conv_kernels_only():
+    """Two steps of SGDWithL2 on data gradients move every variable as Keras' SGD does on the gradients of the
+    loss plus `l2 / 2 * sum(w**2)` over the convolution kernels (the reference code's penalty)."""
     model = DeepLabV3(4, backbone="mobilenet_v2", aspp_filters=8)
-    decayed = recipe.add_weight_decay(model, 1e-3)
-    convs = [layer for layer in model._flatten_layers(include_self=False)
-             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
-    assert decayed == len(convs) > 50
-    expected = 1e-3 / 2 * sum(float(np.sum(np.square(layer.kernel.numpy()))) for layer in convs)
-    assert float(sum(model.losses)) == pytest.approx(expected, rel=1e-4)
-    regularized = {id(v) for v in model.trainable_weights if v.regularizer is not None}
-    assert regularized == {id(layer.kernel) for layer in convs}  # no BN gamma/beta, no logits bias
-    # Gradient of the penalty is weight_decay * w, as for the reference code's l2 regularizer.
-    kernel = model.get_layer("logits_conv").kernel
-    with tf.GradientTape() as tape:
-        penalty = tf.add_n(model.losses)
-    np.testing.assert_allclose(tape.gradient(penalty, kernel.value).numpy(), 1e-3 * kernel.numpy(), rtol=1e-5)
-    recipe.add_weight_decay(model, 0.0)
-    assert not model.losses
+    variables = model.trainable_variables
+    kernels = {id(layer.kernel) for layer in model._flatten_layers(include_self=False)
+               if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))}
+    start = [v.numpy() for v in variables]
+    steps = [[tf.constant(RNG.normal(size=v.shape).astype("float32")) for v in variables] for _ in range(2)]
+
+    reference = keras.optimizers.SGD(0.1, momentum=0.9)
+    for data_gradients in steps:
+        with tf.GradientTape() as tape:
+            penalty = 1e-2 / 2 * tf.add_n([tf.reduce_sum(tf.square(v.value)) for v in variables if id(v) in kernels])
+        penalty_gradients = tape.gradient(penalty, [v.value for v in variables], unconnected_gradients="zero")
+        reference.apply([g + p for g, p in zip(data_gradients, penalty_gradients)], variables)
+    expected = [v.numpy() for v in variables]
+
+    for v, value in zip(variables, start):
+        v.assign(value)
+    optimizer = recipe.SGDWithL2(0.1, momentum=0.9, l2=1e-2)
+    apply = tf.function(lambda gradients: optimizer.apply(gradients, variables))
+    for data_gradients in steps:
+        apply(data_gradients)
+    assert {id(v) for v in variables if optimizer.decays(v)} == kernels and len(kernels) > 50  # no BN, no bias
+    for v, value in zip(variables, expected):
+        np.testing.assert_allclose(v.numpy(), value, rtol=1e-5, atol=1e-6, err_msg=v.path)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(restored, recipe.SGDWithL2) and (restored.l2, restored.momentum) == (1e-2, 0.9)
+    with pytest.raises(ValueError, match="l2"):
+        recipe.SGDWithL2(0.1, l2=-1.0)
+
+
+@pytest.mark.parametrize("optimizer,early", [(recipe.SGDWithL2(0.1, momentum=0.9, l2=1e-4), []),
+                                             (keras.optimizers.SGD(0.1, momentum=0.9), ["Mul", "Mul"])],
+                         ids=["ours", "keras"])
+def test_weight_decay_and_momentum_wait_for_the_gradient(optimizer, early):
+    """In a traced update, `l2 * w` and `momentum * m` are computed from a variable once its gradient exists:
+    nothing of a variable's size is computed from the variables alone, which TF's executor would run at the start
+    of a training step and keep until the backward reaches the variable. Keras' SGD computes `momentum * m` early
+    (one Mul per variable)."""
+    variables = [keras.Variable(np.ones((3, 3, 2, 4)), name="kernel"), keras.Variable(np.ones(4), name="bias")]
+    optimizer.build(variables)
+    graph = tf.function(lambda gradients: optimizer.apply(gradients, variables)).get_concrete_function(
+        [tf.TensorSpec(v.shape) for v in variables]).graph
+    from_gradients = downstream(graph, {t.op.name for t in graph.inputs if t.dtype == tf.float32})
+    reads = {op.name for op in graph.get_operations() if op.type == "ReadVariableOp"}
+    from_variables_alone = [graph.get_operation_by_name(name) for name in downstream(graph, reads) - from_gradients
+                            if name not in reads]
+    assert sorted(op.type for op in from_variables_alone if op.outputs and op.outputs[0].shape.rank) == early
 
 
 def test_frozen_batch_norm_keeps_its_statistics_in_training_mode():
