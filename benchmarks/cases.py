@@ -404,11 +404,12 @@ class KerasTrainStep:
 
         if mixed_precision:
             keras.mixed_precision.set_global_policy(mixed_precision)
-        from keras_deeplab.training.recipe import segmentation_loss, sgd
+        from keras_deeplab.training.recipe import build_optimizer, segmentation_loss, sgd
 
         self.model = build_model(**(model_kwargs or {}))
         self.model.compile(optimizer=sgd(steps=30000),
                            loss=segmentation_loss(IGNORE_LABEL), jit_compile=jit_compile)
+        build_optimizer(self.model)
         self.images = random_images(batch, size)
         self.labels = random_labels(batch, size)
         start = time.perf_counter()

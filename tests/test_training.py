@@ -147,6 +147,33 @@ def test_weight_decay_and_momentum_wait_for_the_gradient(optimizer, early):
     assert sorted(op.type for op in from_variables_alone if op.outputs and op.outputs[0].shape.rank) == early
 
 
+def traced_train_steps():
+    """The graphs of one training step that Keras has traced and that are alive in this process (ids)."""
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    gc.collect()
+    return {id(graph) for graph in gc.get_objects()
+            if isinstance(graph, FuncGraph) and graph.name == "one_step_on_data"}
+
+
+@pytest.mark.parametrize("built", [True, False], ids=["compile_model", "optimizer_left_unbuilt"])
+def test_compile_model_builds_the_optimizer_so_the_train_step_is_traced_once(built):
+    """With its variables created before the first step, Keras' train function is traced (and kept) once; left to
+    the first step, TF traces it again to lift the variables' initialisation and keeps both graphs."""
+    model = DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=8)
+    recipe.compile_model(model, num_classes=3, steps=10)
+    if not built:  # as Keras' compile leaves it
+        model.compile(optimizer=recipe.sgd(steps=10), loss=recipe.segmentation_loss())
+    assert model.optimizer.built == built
+    images = RNG.uniform(0, 255, (2, 33, 33, 3)).astype("float32")
+    before = traced_train_steps()
+    model.train_on_batch(images, RNG.integers(0, 3, (2, 33, 33)))
+    model.train_on_batch(images, RNG.integers(0, 3, (2, 33, 33)))
+    assert len(traced_train_steps() - before) == (1 if built else 2)
+
+
 def test_frozen_batch_norm_keeps_its_statistics_in_training_mode():
     model = DeepLabV3(3, backbone="mobilenet_v2", aspp_filters=8, bn_momentum=0.5)
     bns = [layer for layer in model._flatten_layers(include_self=False)
