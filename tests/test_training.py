@@ -279,6 +279,19 @@ def test_config_base_chain_overrides_and_errors(tmp_path):
         load_config(None, ["train.mixed_precision=float8"])
 
 
+def test_numbers_in_exponent_notation_are_numbers(tmp_path):
+    """`1e-4` in a config file or an override, and `--learning_rate 1e-05` (which reaches the config as text),
+    are floats; a value that is not a number is refused by name."""
+    (tmp_path / "decay.yaml").write_text("train:\n  weight_decay: 1e-4\n  momentum: 9E-1\n")
+    config = load_config(tmp_path / "decay.yaml", ["train.learning_rate=2e-3", "train.lr_power=+1e0"])
+    assert config["train"]["weight_decay"] == 1e-4 and config["train"]["momentum"] == 0.9
+    assert config["train"]["learning_rate"] == 0.002 and config["train"]["lr_power"] == 1.0
+    assert parse_override("model.name=1e4x") == {"model": {"name": "1e4x"}}  # not a number: text
+    assert train_module.main(["--learning_rate", "0.00001", "--print-config"]) == 0
+    with pytest.raises(ValueError, match="train.momentum must be a number, got 'high'"):
+        load_config(None, ["train.momentum=high"])
+
+
 # ---- strategy and multi-worker workaround
 
 def test_strategy_choice_on_a_cpu_machine(monkeypatch):

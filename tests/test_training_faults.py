@@ -56,7 +56,7 @@ def test_killed_run_resumes_at_the_backed_up_step_without_losing_or_repeating_an
 
 def test_diverging_run_exits_with_a_clear_message(synthetic_dir, tmp_path):
     config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps": 4, "steps_per_epoch": 4}}
-    result = run(train_command(synthetic_dir, tmp_path, config, extra=["--learning_rate", "1e12"]))
+    result = run(train_command(synthetic_dir, tmp_path, config, extra=["--learning_rate", "1e20"]))
     assert result.returncode == EXIT_DIVERGED, result.stderr[-3000:]
     message = re.search(r"deeplab train: Training diverged: the loss is (nan|inf) at step (\d)",
                         result.stderr)

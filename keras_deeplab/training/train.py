@@ -21,6 +21,7 @@ import argparse
 import copy
 import math
 import os
+import re
 import sys
 from importlib.resources import files
 
@@ -123,10 +124,20 @@ def config_file(config):
                             f"shipped: {', '.join(shipped_configs())}")
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as configs are written: `1e-4` is a number, as in YAML 1.2 and Python (PyYAML's YAML 1.1 reads a
+    float without a dot as a string)."""
+
+
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                   list("-+0123456789"))
+NUMBERS = ("learning_rate", "lr_power", "end_learning_rate", "momentum", "weight_decay")  # train.*
+
+
 def read_config_file(path):
     """The sections of a YAML config file, with its `base:` chain resolved (later files override)."""
     with open(path) as f:
-        content = yaml.safe_load(f) or {}
+        content = yaml.load(f, ConfigLoader) or {}
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a config must be a mapping of sections")
     base = content.pop("base", None)
@@ -144,7 +155,7 @@ def parse_override(text):
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not key:
         raise ValueError(f"override {text!r} must look like section.key=value, e.g. train.steps=100")
-    return {section: {key: yaml.safe_load(value)}}
+    return {section: {key: yaml.load(value, ConfigLoader)}}
 
 
 def load_config(path=None, overrides=()):
@@ -162,6 +173,9 @@ def check_config(config):
     for key in ("batch_size", "steps", "steps_per_epoch"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    for key in NUMBERS:
+        if not isinstance(train[key], (int, float)) or isinstance(train[key], bool) or not math.isfinite(train[key]):
+            raise ValueError(f"train.{key} must be a number, got {train[key]!r}")
     every = train["backup_every_steps"]
     if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
         raise ValueError(f"train.backup_every_steps must be a positive integer or null, got {every!r}")
