@@ -58,8 +58,10 @@ def our_inference(size, call):
     images = random_images(1, size)
     if call == "predict":
         return lambda: model.predict(images, batch_size=1, verbose=0), model
-    # "dynamic": traced for any batch and size, as the export traces the model (`export/signatures.py`)
-    signature = [tf.TensorSpec([None, None, None, 3], tf.float32)] if call == "dynamic" else None
+    # "dynamic": traced for any batch and size, as the export traces the model (`export/signatures.py`);
+    # "any_batch": for any batch of this size, as Keras' predict traces it (tf.data's batches)
+    shapes = {"dynamic": [None, None, None, 3], "any_batch": [None, size, size, 3]}
+    signature = [tf.TensorSpec(shapes[call], tf.float32)] if call in shapes else None
     forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
     tensor = tf.constant(images)
     return lambda: forward(tensor), model
@@ -182,7 +184,7 @@ def main(argv=None):
     parser.add_argument("--sides", default="ours,torch")
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per side and size, alternating")
     parser.add_argument("--calls", type=int, default=1, help="calls per process (the peak covers all)")
-    parser.add_argument("--call", choices=("predict", "function", "dynamic"), default="predict",
+    parser.add_argument("--call", choices=("predict", "function", "dynamic", "any_batch"), default="predict",
                         help="our inference call (dynamic: a tf.function for any batch and size, as exported)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our workers (repeatable)")
