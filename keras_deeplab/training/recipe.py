@@ -51,6 +51,7 @@ class SGDWithL2(keras.optimizers.SGD):
             raise ValueError("SGDWithL2 has no Nesterov momentum")
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
         self.l2 = l2
+        self._decayed = set()  # keys of the variables named in DECAYED_VARIABLES, once built
 
     def build(self, variables):
         if self.built:
