@@ -29,6 +29,7 @@ def load_classes():
     from keras_deeplab.model import DeepLabV3
     from keras_deeplab.deeplabv3_plus import DeepLabV3Plus
     import keras_deeplab.fold  # noqa: F401 - registers FoldedBatchNorm, so folded .keras files load too
+    import keras_deeplab.optimizers  # noqa: F401 - registers SGDWithL2, so trained .keras files load compiled
 
 
 if not is_deeplab_command():

@@ -75,7 +75,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import keras
     import numpy as np
     import tensorflow as tf
-    from keras_deeplab.training.recipe import SGDWithL2
+    from keras_deeplab.optimizers import SGDWithL2
     from keras_deeplab.training.strategy import get_strategy
 
     strategy = get_strategy("mirrored", logical_cpus=2)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from helpers.models import RNG, random_images, randomize_weights
 from keras_deeplab import DeepLabV3
 from keras_deeplab.layers import AtrousConv2D, BatchNormalization, Conv2D
+from keras_deeplab.training.recipe import compile_model
 
 SMALL = {"backbone": "mobilenet_v2", "aspp_filters": 16}
 
@@ -204,15 +205,18 @@ LOAD_SCRIPT = textwrap.dedent("""
     import numpy as np
     model = keras.models.load_model(path)
     assert type(model).__module__ == "keras_deeplab.model", type(model)
+    assert (type(model.optimizer).__name__, model.optimizer.l2) == ("SGDWithL2", 3e-4), model.optimizer  # compiled
     np.save(out, model.predict(np.load(images), verbose=0))
 """)
 
 
 @pytest.mark.parametrize("order", ["keras_deeplab_first", "keras_first"])
 def test_saved_model_loads_in_a_fresh_process_after_import_keras_deeplab(tmp_path, order):
-    """`import keras_deeplab` alone (no attribute access) is what makes load_model work in a new process;
-    this is why keras_deeplab/__init__.py imports the model eagerly rather than lazily."""
+    """`import keras_deeplab` alone (no attribute access) is what makes load_model work in a new process, compiled
+    as `deeplab train` saves it; this is why keras_deeplab/__init__.py imports the model eagerly rather than
+    lazily."""
     model = randomize_weights(DeepLabV3(4, **SMALL))
+    compile_model(model, num_classes=4, steps=10, weight_decay=3e-4)
     images = random_images(1, 65, 65)
     np.save(tmp_path / "images.npy", images)
     model.save(tmp_path / "m.keras")

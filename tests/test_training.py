@@ -15,6 +15,7 @@ from helpers.graphs import downstream
 from helpers.training_data import CLASS_NAMES
 from keras_deeplab import DeepLabV3
 from keras_deeplab.data.pipeline import eval_dataset
+from keras_deeplab.optimizers import SGDWithL2
 from keras_deeplab.training import callbacks as cb
 from keras_deeplab.training import evaluate as ev
 from keras_deeplab.training import multi_worker, recipe, strategy
@@ -115,7 +116,7 @@ def test_weight_decay_is_the_gradient_of_an_l2_penalty_on_conv_kernels_only():
 
     for v, value in zip(variables, start):
         v.assign(value)
-    optimizer = recipe.SGDWithL2(0.1, momentum=0.9, l2=1e-2)
+    optimizer = SGDWithL2(0.1, momentum=0.9, l2=1e-2)
     apply = tf.function(lambda gradients: optimizer.apply(gradients, variables))
     for data_gradients in steps:
         apply(data_gradients)
@@ -123,12 +124,12 @@ def test_weight_decay_is_the_gradient_of_an_l2_penalty_on_conv_kernels_only():
     for v, value in zip(variables, expected):
         np.testing.assert_allclose(v.numpy(), value, rtol=1e-5, atol=1e-6, err_msg=v.path)
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
-    assert isinstance(restored, recipe.SGDWithL2) and (restored.l2, restored.momentum) == (1e-2, 0.9)
+    assert isinstance(restored, SGDWithL2) and (restored.l2, restored.momentum) == (1e-2, 0.9)
     with pytest.raises(ValueError, match="l2"):
-        recipe.SGDWithL2(0.1, l2=-1.0)
+        SGDWithL2(0.1, l2=-1.0)
 
 
-@pytest.mark.parametrize("optimizer,early", [(recipe.SGDWithL2(0.1, momentum=0.9, l2=1e-4), []),
+@pytest.mark.parametrize("optimizer,early", [(SGDWithL2(0.1, momentum=0.9, l2=1e-4), []),
                                              (keras.optimizers.SGD(0.1, momentum=0.9), ["Mul", "Mul"])],
                          ids=["ours", "keras"])
 def test_weight_decay_and_momentum_wait_for_the_gradient(optimizer, early):
