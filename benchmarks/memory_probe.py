@@ -9,7 +9,8 @@ Ours is the torchvision-compatible R50 OS8 (`deeplabv3_resnet50_coco_voc`'s arch
 memory does not depend on the weights); in inference float32 with BatchNorm folded, as served, and only the folded
 model kept; the peer is torchvision's deeplabv3_resnet50 (cases.py builds both). Inference: batch 1, one
 `model.predict` (`--call function`: the `tf.function` cases.KerasInference times; `--call dynamic`: traced for any
-batch and size, as the export traces it). Training: batch 2, the loss and optimizer of cases.KerasTrainStep /
+batch and size, as the export traces it; `--call any_batch`: for any batch of the image's size, as `predict` traces
+it). Training: batch 2, the loss and optimizer of cases.KerasTrainStep /
 TorchTrainStep. Each worker prints one JSON line: RSS (MiB) after the imports,
 after building, after each call, VmHWM (the peak), the wall and CPU time of each call, for ours what TF's pooled
 allocator holds and its peak; the driver runs the sides
@@ -185,7 +186,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1, help="fresh processes per side and size, alternating")
     parser.add_argument("--calls", type=int, default=1, help="calls per process (the peak covers all)")
     parser.add_argument("--call", choices=("predict", "function", "dynamic", "any_batch"), default="predict",
-                        help="our inference call (dynamic: a tf.function for any batch and size, as exported)")
+                        help="our inference call (dynamic: a tf.function for any batch and size, as exported; "
+                        "any_batch: for any batch of this size, as predict traces it)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our workers (repeatable)")
     parser.add_argument("--levers", default="", help="comma-separated; ours: atrous_native|shifted|winograd, "

@@ -623,11 +623,12 @@ def test_image_dimensions_read_from_headers():
         assert images.image_dimensions(data) is None, data
     inputs = {"image_bytes": np.array([cases["PNG", ()], b"text", PNG_BOMB], object),
               "other": np.zeros((2, 2), np.float32)}
+    headers = json_tensor.image_headers(inputs)
     with pytest.raises(json_tensor.ServingError, match="item 2 is a PNG image of 10000x10000") as caught:
-        json_tensor.check_image_pixels(json_tensor.image_headers(inputs), json_tensor.DEFAULT_MAX_IMAGE_PIXELS)
+        json_tensor.check_image_pixels(headers, json_tensor.DEFAULT_MAX_IMAGE_PIXELS)
     assert caught.value.status == 400
-    json_tensor.check_image_pixels(json_tensor.image_headers(inputs), 0)  # no limit
-    json_tensor.check_image_pixels(json_tensor.image_headers(inputs), 10**8)  # exactly at the limit is allowed
+    json_tensor.check_image_pixels(headers, 0)  # no limit
+    json_tensor.check_image_pixels(headers, 10**8)  # exactly at the limit is allowed
     # Past Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) the header is not measured: refused.
     with pytest.raises(json_tensor.ServingError, match="item 0 declares more pixels than Pillow's") as caught:
         json_tensor.image_headers({"image_bytes": np.array([png_declaring(20000, 20000)], object)})

@@ -4,9 +4,8 @@ Weight decay is the reference TF DeepLab code's L2 penalty `weight_decay / 2 * s
 kernel (not on BatchNorm parameters or biases, `slim.l2_regularizer`): its gradient `weight_decay * w` goes
 through SGD's momentum like the data gradient. `SGDWithL2` (optimizers.py) adds that gradient where it applies
 each kernel's gradient (as torch's `SGD(weight_decay=...)` does) rather than putting the penalty in the loss.
-Keras' built-in
-`weight_decay` is *decoupled* (AdamW-style, `w -= lr * wd * w` outside the momentum), which with momentum 0.9
-decays about ten times less than the paper's setting, so it is not used.
+Keras' built-in `weight_decay` is *decoupled* (AdamW-style, `w -= lr * wd * w` outside the momentum), which with
+momentum 0.9 decays about ten times less than the paper's setting, so it is not used.
 """
 import keras
 
