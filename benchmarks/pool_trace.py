@@ -55,7 +55,7 @@ def layer_of(op_name, layer_names):
         if name not in layer_names:
             break
         layers.append(name)
-    return "/".join(layers) or op_name or "(none)"
+    return "/".join(layers) or op_name or "(no op named)"
 
 
 def large_anonymous_mb():
@@ -115,9 +115,10 @@ def main(argv=None):
         print(f"  {stats.get('allocation_bytes', 0) / MIB:7.1f} {stats.get('requested_bytes', 0) / MIB:7.1f}  "
               f"{stats.get('tf_op')}")
     by_layer, layer_names = {}, {layer.name for layer in model._flatten_layers()}
-    for _, _, stats in events:
-        layer = layer_of(stats.get("tf_op"), layer_names)
-        by_layer[layer] = max(by_layer.get(layer, 0), stats.get("bytes_allocated", 0))
+    for _, name, stats in events:
+        if name == "MemoryAllocation":
+            layer = layer_of(stats.get("tf_op"), layer_names)
+            by_layer[layer] = max(by_layer.get(layer, 0), stats.get("bytes_allocated", 0))
     print("\nthe pool's peak in use while each layer allocates (MiB):")
     for layer, in_use in sorted(by_layer.items(), key=lambda item: -item[1])[:args.top]:
         print(f"  {in_use / MIB:7.1f}  {layer}")
@@ -126,7 +127,6 @@ def main(argv=None):
           f"{', '.join(f'{resident:.0f} / {size:.0f}' for resident, size in regions)}; "
           f"{sum(resident for resident, _ in regions):.0f} MiB resident against the pool's peak of "
           f"{pool['peak'] / MIB:.0f}")
-    del model
 
 
 if __name__ == "__main__":
