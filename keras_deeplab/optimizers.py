@@ -4,11 +4,12 @@ import keras
 from keras import ops
 
 from keras_deeplab.layers.ordering import after
+from keras_deeplab.layers.registration import PACKAGE
 
 DECAYED_VARIABLES = ("kernel",)  # Keras' name for the kernel of Conv2D and DepthwiseConv2D (and Dense)
 
 
-@keras.saving.register_keras_serializable(package="keras_deeplab")
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SGDWithL2(keras.optimizers.SGD):
     """SGD with momentum that adds `l2 * w` to the gradient of every kernel before the momentum: the gradient of
     an L2 penalty `l2 / 2 * sum(w**2)` in the loss, as torch's `SGD(weight_decay=l2)`.

@@ -49,14 +49,11 @@ def freeze_batch_norm(model):
     return count
 
 
-def compile_model(model, *, num_classes, steps, learning_rate=0.007, lr_power=0.9, end_learning_rate=0.0,
-                  momentum=0.9, weight_decay=1e-4, ignore_label=IGNORE_LABEL, jit_compile="auto"):
-    """Compiles `model` with the paper's recipe: SGD(momentum) on a poly schedule over `steps` global steps,
-    L2 weight decay on conv kernels, cross-entropy ignoring `ignore_label`, and the MeanIoU metric.
-    Call inside the strategy scope."""
-    optimizer = sgd(steps=steps, learning_rate=learning_rate, lr_power=lr_power,
-                    end_learning_rate=end_learning_rate, momentum=momentum, weight_decay=weight_decay)
-    model.compile(optimizer=optimizer, loss=segmentation_loss(ignore_label),
+def compile_model(model, *, num_classes, ignore_label=IGNORE_LABEL, jit_compile="auto", **optimizer):
+    """Compiles `model` with the paper's recipe: `sgd(**optimizer)` (SGD with momentum on a poly schedule over
+    `steps` global steps, L2 weight decay on conv kernels), cross-entropy ignoring `ignore_label`, and the MeanIoU
+    metric. Call inside the strategy scope."""
+    model.compile(optimizer=sgd(**optimizer), loss=segmentation_loss(ignore_label),
                   metrics=[mean_iou_metric(num_classes, ignore_label)], jit_compile=jit_compile)
     build_optimizer(model)
     return model
