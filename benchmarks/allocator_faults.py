@@ -1,11 +1,13 @@
-"""Minor page faults per call with TF's pooled CPU allocator (what `import keras_deeplab` selects) and without it.
+"""Minor page faults per call with each CPU allocator: TF's pool (what `import keras_deeplab` selects), TF's own
+default, and glibc's malloc (KERAS_DEEPLAB_CPU_ALLOCATOR=system).
 
     python benchmarks/allocator_faults.py [--size 4096] [--calls 5]
 
-Each case runs in its own process (TF reads TF_CPU_ALLOCATOR_USE_BFC once): a function whose size x size float32
-intermediates (64 MiB at 4096) are freed and allocated again on every call. Without the pool, glibc serves them
-with mmap and the kernel faults every page in again on each call (16384 faults per 64 MiB of 4 KiB pages, where
-the machine's malloc returns such blocks to the kernel); with it, about none. Linux and macOS (getrusage).
+Each case runs in its own process (TF reads its allocator variables once): a function whose size x size float32
+intermediates (64 MiB at 4096) are freed and allocated again on every call. Without a pool, glibc serves them
+with mmap and the kernel faults every page in again on each call (16384 faults per 64 MiB of 4 KiB pages); with
+one, about none. TF's default pools too where its oneDNN kernels are on (oneDNN's allocator; keras_deeplab/
+allocator.py). Linux and macOS (getrusage).
 """
 import argparse
 import json
@@ -29,9 +31,16 @@ print(json.dumps({"faults_per_call": (after - before) / calls}))
 """
 
 
-def faults_per_call(use_pool, size, calls):
-    """Minor page faults per call of the worker in a fresh process, with or without the pooled allocator."""
-    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true" if use_pool else "false")
+CASES = {"pooled (the default)": {},
+         "TF's default (TF_CPU_ALLOCATOR_USE_BFC=false)": {"TF_CPU_ALLOCATOR_USE_BFC": "false"},
+         "system (KERAS_DEEPLAB_CPU_ALLOCATOR=system)": {"KERAS_DEEPLAB_CPU_ALLOCATOR": "system"}}
+
+
+def faults_per_call(settings, size, calls):
+    """Minor page faults per call of the worker in a fresh process with the allocator `settings`."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CPU_ALLOCATOR_USE_BFC", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "KERAS_DEEPLAB_CPU_ALLOCATOR")}
+    env.update(settings)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = subprocess.run([sys.executable, "-c", WORKER, str(size), str(calls)], env=env, capture_output=True,
                             text=True)
@@ -47,9 +56,8 @@ def main():
     args = parser.parse_args()
     pages = args.size * args.size * 4 // os.sysconf("SC_PAGE_SIZE")
     print(f"intermediates of {args.size}x{args.size} float32: {pages} pages each")
-    for name, use_pool in (("pooled (TF_CPU_ALLOCATOR_USE_BFC=true)", True),
-                           ("TF's default (TF_CPU_ALLOCATOR_USE_BFC=false)", False)):
-        print(f"{name}: {faults_per_call(use_pool, args.size, args.calls):.1f} page faults per call")
+    for name, settings in CASES.items():
+        print(f"{name}: {faults_per_call(settings, args.size, args.calls):.1f} page faults per call")
 
 
 if __name__ == "__main__":

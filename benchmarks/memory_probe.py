@@ -3,7 +3,7 @@ in a fresh process.
 
     python benchmarks/memory_probe.py --mode infer --size 513,1025 --repeats 3
     python benchmarks/memory_probe.py --mode train --size 321,513 --repeats 2
-    python benchmarks/memory_probe.py --mode infer --size 513 --sides ours --env TF_CPU_ALLOCATOR_USE_BFC=false
+    python benchmarks/memory_probe.py --mode infer --size 513 --sides ours --env KERAS_DEEPLAB_CPU_ALLOCATOR=system
 
 Ours is the torchvision-compatible R50 OS8 (`deeplabv3_resnet50_coco_voc`'s architecture, randomly initialised;
 memory does not depend on the weights); in inference float32 with BatchNorm folded, as served, and only the folded

@@ -31,8 +31,8 @@ OUR_VARIANTS = {
     "ours_xla": ({"jit_compile": True}, {"atrous_implementation": "auto"}, {}),
     "ours_bf16": ({"mixed_precision": "mixed_bfloat16"}, {"atrous_implementation": "auto"}, {}),
     "ours_no_onednn": ({}, {"atrous_implementation": "auto"}, {"TF_ENABLE_ONEDNN_OPTS": "0"}),
-    # TF's default CPU allocator (malloc per tensor) instead of the pool `import keras_deeplab` selects
-    "ours_malloc": ({}, {"atrous_implementation": "auto"}, {"TF_CPU_ALLOCATOR_USE_BFC": "false"}),
+    # glibc's malloc per tensor (KERAS_DEEPLAB_CPU_ALLOCATOR=system) instead of the pool `import keras_deeplab` selects
+    "ours_malloc": ({}, {"atrous_implementation": "auto"}, {"KERAS_DEEPLAB_CPU_ALLOCATOR": "system"}),
     "ours_inter_op_1": ({}, {"atrous_implementation": "auto"}, {"BENCH_TF_INTER_OP_THREADS": "1"}),
 }
 PAPER_MODELS = {"paper_r101_os16": {"backbone": "resnet101", "output_stride": 16},

@@ -1,14 +1,14 @@
 """keras_deeplab: DeepLabv3 semantic segmentation for Keras 3 / TensorFlow."""
 __version__ = "0.1.0"
 
-from keras_deeplab.allocator import use_pooled_cpu_allocator
+from keras_deeplab.allocator import select_cpu_allocator
 from keras_deeplab.tf_logs import is_deeplab_command, quiet_in_the_command
 
 __all__ = ["ASPP", "AtrousConv2D", "DeepLabV3", "DeepLabV3Cascade", "DeepLabV3Plus", "ImagePreprocessing", "ResizeLike",
            "__version__"]
 
 # Before anything creates a TF tensor: TF picks its CPU allocator at the first one.
-use_pooled_cpu_allocator()
+select_cpu_allocator()
 
 
 def load_classes():

@@ -1,22 +1,43 @@
-"""TensorFlow's CPU memory: a pool (TF's BFC allocator) instead of one malloc per tensor.
+"""Where TensorFlow's CPU tensors get their memory, chosen when `import keras_deeplab` runs.
 
-With TF's default CPU allocator every large activation is a fresh `malloc`, which glibc serves with `mmap` and
-hands back to the kernel on `free`; the next step page-faults all of it in again. In a crop-513 training step
-of R50 OS8 (batch 2, 2 cores) that was 1.6 million page faults and 9 s of kernel time in a 21 s step; with the
-pool, none, and a 16.5 s step (benchmarks/README.md). The pool keeps what it has allocated until the process ends
-(its size is the peak working set, as with any caching allocator).
+`KERAS_DEEPLAB_CPU_ALLOCATOR` picks one of:
+
+- "pooled" (the default): TF's BFC pool keeps freed memory for reuse. Without a pool, glibc serves every large
+  tensor with a fresh `mmap` that the kernel faults in and zeroes again on every step: in a crop-513 training step
+  of R50 OS8 (batch 2, 2 cores) 1.6 million page faults and 9 s of kernel time in a 21 s step; with the pool, none,
+  and a 16.5 s step (benchmarks/README.md). The pool keeps its peak working set until the process ends, and lays
+  tensors out less tightly than they are alive: peak RSS 15-20 % above "system" (benchmarks/memory.md).
+- "system": every tensor is a `malloc`, freed at once, as torch does on CPU: the least memory (inference peaks
+  below torchvision's) at 1.3-1.8x the CPU time per call or step.
+
+TF's own default depends on the build and the CPU: where its oneDNN kernels are on (x86 CPUs with AVX-512 VNNI
+and newer), oneDNN's allocator, which pools large tensors in a BFC pool of its own; otherwise plain `malloc`. A
+user's TF_CPU_ALLOCATOR_USE_BFC or TF_ONEDNN_USE_SYSTEM_ALLOCATOR is left as it is.
 """
+import ctypes
 import os
 
+ALLOCATOR_VARIABLE = "KERAS_DEEPLAB_CPU_ALLOCATOR"
+ALLOCATORS = ("pooled", "system")
+# glibc's mallopt parameter, and the block size from which "system" maps every block on its own
+M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES = -3, 1 << 20
 # TF caps its pool at 64 GiB unless told otherwise; on larger machines let it grow to physical memory.
 _TF_DEFAULT_POOL_LIMIT_MB = 1 << 16
 
 
-def use_pooled_cpu_allocator():
-    """Selects TF's pooled CPU allocator, unless `TF_CPU_ALLOCATOR_USE_BFC` is already set (set it to "false" to
-    keep TF's default). TF reads the setting once, when it allocates its first CPU tensor: this must run before
-    that, which `import keras_deeplab` does first thing."""
+def select_cpu_allocator():
+    """Sets TF's allocator variables for the allocator KERAS_DEEPLAB_CPU_ALLOCATOR names ("pooled" if unset).
+    TF reads them once, when it allocates its first CPU tensor: this must run before that, which
+    `import keras_deeplab` does first thing."""
+    choice = os.environ.get(ALLOCATOR_VARIABLE, "pooled")
+    if choice not in ALLOCATORS:
+        raise ValueError(f"{ALLOCATOR_VARIABLE}={choice!r}: expected one of {', '.join(ALLOCATORS)}")
     if "TF_CPU_ALLOCATOR_USE_BFC" in os.environ:
+        return
+    if choice == "system":
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "false"
+        os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "true")  # else oneDNN's allocator pools
+        _map_large_blocks()
         return
     os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     try:
@@ -25,3 +46,17 @@ def use_pooled_cpu_allocator():
         return
     if physical_mb > _TF_DEFAULT_POOL_LIMIT_MB:
         os.environ.setdefault("TF_CPU_BFC_MEM_LIMIT_IN_MB", str(physical_mb))
+
+
+def _map_large_blocks():
+    """Has glibc serve every block of MMAP_THRESHOLD_BYTES or more with its own mapping, returned to the kernel when
+    freed. Its default threshold rises with each large block freed, up to 32 MiB, and blocks below it stay in its
+    arenas, in pieces: 1087 against 987 MiB at 513x513 (benchmarks/memory.md). Not where the C library is not
+    glibc, nor where the user set glibc's threshold."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
