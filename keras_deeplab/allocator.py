@@ -5,10 +5,11 @@
 - "pooled" (the default): TF's BFC pool keeps freed memory for reuse. Without a pool, glibc serves every large
   tensor with a fresh `mmap` that the kernel faults in and zeroes again on every step: in a crop-513 training step
   of R50 OS8 (batch 2, 2 cores) 1.6 million page faults and 9 s of kernel time in a 21 s step; with the pool, none,
-  and a 16.5 s step (benchmarks/README.md). The pool keeps its peak working set until the process ends, and lays
-  tensors out less tightly than they are alive: peak RSS 15-20 % above "system" (benchmarks/memory.md).
-- "system": every tensor is a `malloc`, freed at once, as torch does on CPU: the least memory (inference peaks
-  below torchvision's) at 1.3-1.8x the CPU time per call or step.
+  and a 16.5 s step (benchmarks/README.md). The pool keeps its peak working set until the process ends, and holds
+  more than is ever alive at once: peak RSS 12-25 % above "system" (R50 OS8, benchmarks/memory.md).
+- "system": every tensor is a `malloc`, its memory returned when freed, as torch does on CPU: the least memory
+  (inference at 0.93x torchvision's peak RSS) at 1.35-1.4x the CPU time per inference and 1.75-1.85x per
+  training step, as every call faults its memory in again.
 
 TF's own default depends on the build and the CPU: where its oneDNN kernels are on (x86 CPUs with AVX-512 VNNI
 and newer), oneDNN's allocator, which pools large tensors in a BFC pool of its own; otherwise plain `malloc`. A

@@ -43,7 +43,7 @@ def _parser():
                "1 warnings and errors, 2 errors only.\n\n"
                "Memory on CPU: TensorFlow keeps freed tensor memory in a pool for speed. Set\n"
                "KERAS_DEEPLAB_CPU_ALLOCATOR=system for the least memory instead (each tensor its own malloc, as\n"
-               "torch does), at 1.3-1.8x the CPU time.",
+               "torch does), at 1.35-1.85x the CPU time.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
