@@ -52,7 +52,7 @@ def select_cpu_allocator():
 def _map_large_blocks():
     """Has glibc serve every block of MMAP_THRESHOLD_BYTES or more with its own mapping, returned to the kernel when
     freed. Its default threshold rises with each large block freed, up to 32 MiB, and blocks below it stay in its
-    arenas, in pieces: 1087 against 987 MiB at 513x513 (benchmarks/memory.md). Not where the C library is not
+    arenas, in pieces: 1087 against 985 MiB at 513x513 (benchmarks/memory.md). Not where the C library is not
     glibc, nor where the user set glibc's threshold."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
         return

@@ -43,8 +43,8 @@ print(json.dumps({name: (libc.getenv(name.encode()) or b"unset").decode() for na
 
 
 def what_tf_sees(**settings):
-    """TF's allocator variables and pooled MiB (SETTING_SCRIPT) in a process that imports keras_deeplab with
-    `settings` in its environment and none of TF's allocator variables or ours otherwise."""
+    """SETTING_SCRIPT's record (TF's allocator variables, pooled MiB, glibc's mapping) in a process that imports
+    keras_deeplab with `settings` in its environment and none of TF's allocator variables or ours otherwise."""
     env = {key: value for key, value in os.environ.items()
            if key not in TF_VARIABLES + (allocator.ALLOCATOR_VARIABLE,)}
     result = subprocess.run([sys.executable, "-c", SETTING_SCRIPT], env={**env, **settings}, capture_output=True,
